@@ -146,9 +146,11 @@ class LabConfig:
 
     # ---- persistence -------------------------------------------------------
     @contextmanager
-    def locked(self):
+    def locked(self, name=".lock"):
+        """An exclusive flock on <home>/<name>. flock is per open file, so a
+        holder must not take the same lock again: `lab up` uses ".up.lock"."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.path(".lock"), "w") as fh:
+        with open(self.path(name), "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -163,7 +165,14 @@ class LabConfig:
 
 
 def default_home():
-    return os.environ.get("LAB_HOME") or str(REPO / ".lab")
+    """$LAB_HOME, else <repo>/.lab when the postgres user can reach it (every
+    ancestor searchable by others), else a per-checkout dir in /var/tmp."""
+    if os.environ.get("LAB_HOME"):
+        return os.environ["LAB_HOME"]
+    if all(os.stat(d).st_mode & 0o001 for d in [REPO, *REPO.parents]):
+        return str(REPO / ".lab")
+    import hashlib
+    return f"/var/tmp/manta-lab-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}"
 
 
 def load(home=None):
