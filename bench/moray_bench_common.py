@@ -1,0 +1,271 @@
+# Copyright (c) manta.ops contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Shared by the moray_vnode_rows benchmarks and integration tests.
+
+* :class:`ScratchPG` - a throwaway PostgreSQL 15 primary (and, optionally, a
+  synchronous standby, as a manatee primary has) under /var/tmp, with the
+  moray database built from ``manta_lab.schema`` (the lab's one DDL), bound to
+  127.0.0.1, started as user ``postgres`` and stopped by pid.
+* :func:`seed` - realistic Manta rows (reference/evacuate.md §1.2-1.3) whose
+  ``_vnode`` is the ring vnode of the row's dirname, restricted to the vnodes
+  one pnode owns, plus the ``manta_directory_counts`` rows libmanta's trigger
+  would have written; loaded with COPY.
+* :func:`copy_database` - an identical file-level copy of a database
+  (``CREATE DATABASE ... TEMPLATE``) for baseline-vs-candidate runs.
+"""
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+import zlib
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+from manta_lab import postgres as labpg
+from manta_lab import schema as labschema
+
+HOST = "127.0.0.1"
+MANTA_COLUMNS = ["_key", "_value", "_etag", "_mtime", "_vnode",
+                 "dirname", "name", "owner", "objectid", "type"]
+
+
+class ScratchPG:
+    """A primary (plus an optional synchronous standby) that we start and stop ourselves."""
+
+    def __init__(self, port, standby_port=None, root=None, keep=False):
+        self.port = port
+        self.standby_port = standby_port
+        self.keep = keep
+        self.root = Path(root or tempfile.mkdtemp(prefix=f"moray-scratch-{port}-", dir="/var/tmp"))
+        os.chmod(self.root, 0o755)
+        self.procs = {}
+
+    # ---- lifecycle ---------------------------------------------------------
+    def _conf(self, role, port, sync_name=None, upstream=None, app_name=None):
+        text = labpg.render_conf(port, None, role, sync_name=sync_name, upstream_port=upstream,
+                                 app_name=app_name,
+                                 overrides={"common": {"max_connections": 200}})
+        return text
+
+    def _start(self, name, data):
+        log = open(self.root / f"{name}.log", "ab")
+        proc = subprocess.Popen([labpg.binary("postgres"), "-D", str(data)], stdout=log,
+                                stderr=subprocess.STDOUT, user=labpg.run_user(), cwd="/",
+                                start_new_session=True)
+        self.procs[name] = proc
+
+    def _wait(self, port, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if labpg.ping(port):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"scratch postgres on {port} did not come up; see {self.root}")
+
+    def start(self):
+        pdata = self.root / "primary"
+        log = self.root / "setup.log"
+        labpg.initdb(pdata, log)
+        labpg.setup_moray(pdata, log)
+        sync_name = "scratch-standby" if self.standby_port else None
+        labpg.configure(pdata, self._conf("primary", self.port, sync_name=sync_name), standby=False)
+        self._start("primary", pdata)
+        self._wait(self.port)
+        if self.standby_port:
+            sdata = self.root / "standby"
+            labpg.basebackup(sdata, self.port, log)
+            labpg.configure(sdata, self._conf("standby", self.standby_port, upstream=self.port,
+                                              app_name=sync_name), standby=True)
+            labpg.chown(sdata, recursive=True)
+            self._start("standby", sdata)
+            self._wait(self.standby_port)
+        return self
+
+    def stop(self):
+        for name in ("standby", "primary"):
+            proc = self.procs.pop(name, None)
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGINT)   # fast shutdown, this pid only
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGQUIT)
+                    proc.wait(30)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # ---- connections -------------------------------------------------------
+    def dsn(self, dbname="moray", user="moray"):
+        return f"host={HOST} port={self.port} dbname={dbname} user={user}"
+
+    def connect(self, dbname="moray", autocommit=True):
+        conn = psycopg2.connect(self.dsn(dbname))
+        conn.autocommit = autocommit
+        return conn
+
+
+# ---- realistic rows -----------------------------------------------------------
+
+def _etag(value):
+    return "%08X" % (zlib.crc32(value.encode()) & 0xFFFFFFFF)
+
+
+def _object_value(key, dirname, name, owner, vnode, rnd, now_ms):
+    oid = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+    size = int(rnd.paretovariate(1.2) * 4096)
+    md5 = "%032x" % rnd.getrandbits(128)
+    value = {
+        "key": key, "dirname": dirname, "name": name, "owner": owner, "creator": owner,
+        "objectId": oid, "etag": oid, "type": "object", "contentLength": size,
+        "contentMD5": md5, "contentType": "application/octet-stream",
+        "mtime": now_ms, "headers": {"m-lab": "seed"}, "roles": [], "vnode": vnode,
+        "sharks": [{"datacenter": "lab-dc1", "manta_storage_id": f"{1 + rnd.randrange(4)}.stor.lab.manta.test"},
+                   {"datacenter": "lab-dc2", "manta_storage_id": f"{1 + rnd.randrange(4)}.stor.lab.manta.test"}],
+    }
+    return json.dumps(value, separators=(",", ":")), oid
+
+
+def _dir_value(key, dirname, name, owner, vnode, now_ms):
+    value = {"key": key, "dirname": dirname, "name": name, "owner": owner, "creator": owner,
+             "type": "directory", "mtime": now_ms, "headers": {}, "roles": [], "vnode": vnode}
+    return json.dumps(value, separators=(",", ":"))
+
+
+def generate(topology, pnode, rows, seed=1, owners=16, mean_dir=40):
+    """Yield (manta_row_tuple, counts) batches: rows routed by dirname to ``pnode``'s vnodes.
+
+    Directory sizes follow a Pareto law (a few huge directories, many small
+    ones), so vnodes carry very different row counts, as in production.
+    Returns, at the end, the directory-count rows as a dict
+    {dirname: (vnode, entries)} through the last yielded item.
+    """
+    rnd = random.Random(seed)
+    now_ms = 1_700_000_000_000
+    owned = set(topology.vnodes_of(pnode))
+    owner_ids = [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(owners)]
+    counts = {}
+    made = 0
+    serial = 0
+    while made < rows:
+        owner = rnd.choice(owner_ids)
+        serial += 1
+        dirname = f"/{owner}/stor/d{serial:07d}"
+        v = topology.vnode_of(dirname)
+        if v not in owned:
+            continue
+        size = min(int(rnd.paretovariate(1.1) * mean_dir / 10) + 1, rows - made)
+        out = []
+        for i in range(size):
+            name = f"f{i:06d}.dat"
+            key = f"{dirname}/{name}"
+            value, oid = _object_value(key, dirname, name, owner, v, rnd, now_ms + made)
+            out.append((key, value, _etag(value), now_ms + made, v, dirname, name, owner, oid, "object"))
+            made += 1
+        counts[dirname] = (v, size)
+        yield out
+    yield counts
+
+
+def _copy_text(rows):
+    buf = io.StringIO()
+    for r in rows:
+        buf.write("\t".join(_copy_field(x) for x in r))
+        buf.write("\n")
+    buf.seek(0)
+    return buf
+
+
+def _copy_field(x):
+    if x is None:
+        return r"\N"
+    s = str(x)
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def seed(conn, topology, pnode, rows, seed=1, bulk=True, analyze=True):
+    """Load ``rows`` manta rows (and their directory counts) into the connected moray db.
+
+    ``bulk`` drops the secondary indexes during the load and rebuilds them
+    (the same definitions), which is much faster for 10^6 rows. Triggers are
+    bypassed (session_replication_role=replica) and the counts written from
+    what was generated, exactly what libmanta's trigger would have produced.
+    """
+    conn.autocommit = True
+    cur = conn.cursor()
+    idx = []
+    if bulk:
+        cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname='public' "
+                    "AND tablename IN ('manta','manta_directory_counts') AND indexname NOT LIKE '%%_pkey'")
+        idx = cur.fetchall()
+        for name, _ in idx:
+            cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+    cur.execute("SET session_replication_role = replica")
+    counts = None
+    cols = sql.SQL(", ").join(map(sql.Identifier, MANTA_COLUMNS)).as_string(conn)
+    pending = []
+    for item in generate(topology, pnode, rows, seed=seed):
+        if isinstance(item, dict):
+            counts = item
+            break
+        pending.extend(item)
+        if len(pending) >= 20000:
+            cur.copy_expert(f"COPY manta ({cols}) FROM STDIN", _copy_text(pending))
+            pending = []
+    if pending:
+        cur.copy_expert(f"COPY manta ({cols}) FROM STDIN", _copy_text(pending))
+    crow = [(d, "{}", "_trigger", 1_700_000_000_000, v, n) for d, (v, n) in counts.items()]
+    cur.copy_expert("COPY manta_directory_counts (_key, _value, _etag, _mtime, _vnode, entries) FROM STDIN",
+                    _copy_text(crow))
+    cur.execute("RESET session_replication_role")
+    for _, ddl in idx:
+        cur.execute(ddl)
+    if analyze:
+        cur.execute("VACUUM (ANALYZE) manta")
+        cur.execute("VACUUM (ANALYZE) manta_directory_counts")
+    return {"manta": rows, "manta_directory_counts": len(crow)}
+
+
+def copy_database(admin_conn, src, dst):
+    """dst := an identical copy of src (no session may be connected to src)."""
+    cur = admin_conn.cursor()
+    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dst)))
+    cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER moray").format(
+        sql.Identifier(dst), sql.Identifier(src)))
+
+
+def vnode_rows(conn, table="manta"):
+    cur = conn.cursor()
+    cur.execute(sql.SQL("SELECT _vnode, count(*) FROM {} WHERE _vnode IS NOT NULL GROUP BY 1").format(
+        sql.Identifier(table)))
+    return dict(cur.fetchall())
+
+
+def free_port(lo=40000, hi=40999):
+    import socket
+    for _ in range(200):
+        p = random.randint(lo, hi)
+        s = socket.socket()
+        try:
+            s.bind((HOST, p))
+            return p
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port in 40000-40999")

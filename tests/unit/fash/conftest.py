@@ -1,0 +1,5 @@
+"""Fixtures of the fash ring tests."""
+import sys
+import pathlib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))

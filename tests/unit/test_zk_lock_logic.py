@@ -1,0 +1,106 @@
+"""Pure logic of zk_lock: paths, owners, decoding of lock data, connect-string checks.
+(Acquire/release behaviour is tested against a real ZooKeeper in tests/integration.)"""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from ansible_collections.manta.ops.plugins.module_utils import zk as zkmod
+from ansible_collections.manta.ops.plugins.module_utils import zk_lock as zl
+
+
+def test_lock_path_from_name_and_path():
+    assert zl.lock_path(name="critical_section") == "/manta_ops/locks/critical_section"
+    assert zl.lock_path(name="x", root="/a/b/") == "/a/b/x"
+    assert zl.lock_path(path="/pg_dump_lock") == "/pg_dump_lock"
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({}, "exactly one of name"),
+    ({"name": "a", "path": "/a"}, "exactly one of name"),
+    ({"name": "a/b"}, "single znode name"),
+    ({"name": ".."}, "single znode name"),
+    ({"name": ""}, "single znode name"),
+    ({"path": "relative"}, "not an absolute ZooKeeper path"),
+    ({"path": "/a/"}, "not an absolute ZooKeeper path"),
+    ({"path": "/a//b"}, "not an absolute ZooKeeper path"),
+    ({"path": "/"}, "not an absolute ZooKeeper path"),
+    ({"path": "/zookeeper/quota"}, "reserved /zookeeper"),
+])
+def test_lock_path_rejects(kw, needle):
+    with pytest.raises(zl.LockError) as ei:
+        zl.lock_path(**kw)
+    assert needle in str(ei.value)
+
+
+@pytest.mark.parametrize("bad", ["", "  ", None, "(external)", "a\nb"])
+def test_owner_rejected(bad):
+    with pytest.raises(zl.LockError):
+        zl.check_owner(bad)
+
+
+def stat(version=3, ctime=1700000000123):
+    return SimpleNamespace(version=version, ctime=ctime)
+
+
+def test_decode_free():
+    v = zl.decode(None, None, "/l")
+    assert v == {"path": "/l", "exists": False, "version": None, "mode": None, "holders": {},
+                 "data": None}
+    assert zl.describe(v) == "free"
+    assert zl.diff_view(v) == {}
+
+
+def test_decode_exclusive_roundtrip():
+    doc = {"manta_ops_lock": 1, "mode": "exclusive", "owner": "plan:a", "purpose": "p",
+           "host": "h", "plan": "a", "time": "t"}
+    v = zl.decode(json.dumps(doc).encode(), stat(), "/l")
+    assert v["mode"] == "exclusive" and v["version"] == 3
+    assert v["holders"] == {"plan:a": {"purpose": "p", "host": "h", "plan": "a", "time": "t"}}
+    assert zl.describe(v) == "plan:a (purpose: p, host: h, plan: a, since t)"
+    assert zl.public(v)["holders"] == [{"owner": "plan:a", "purpose": "p", "host": "h",
+                                        "plan": "a", "time": "t"}]
+
+
+def test_decode_shared():
+    doc = {"manta_ops_lock": 1, "mode": "shared",
+           "holders": {"plan:b": {"time": "t2"}, "plan:a": {"time": "t1"}}}
+    v = zl.decode(json.dumps(doc).encode(), stat(), "/pg_dump_lock")
+    assert v["mode"] == "shared"
+    assert [h["owner"] for h in zl.public(v)["holders"]] == ["plan:a", "plan:b"]
+
+
+@pytest.mark.parametrize("raw", [b"x", b"", b"{}", b'{"mode":"exclusive","owner":"a"}',
+                                 b'{"manta_ops_lock":1,"mode":"weird"}', b"\xff\xfe"])
+def test_foreign_data_is_an_external_holder(raw):
+    v = zl.decode(raw, stat(ctime=0), "/pg_dump_lock")
+    assert v["mode"] == "external"
+    assert list(v["holders"]) == [zl.EXTERNAL]
+    assert v["holders"][zl.EXTERNAL]["time"] == "1970-01-01T00:00:00.000Z"
+    assert "an external holder" in zl.describe(v)
+
+
+def test_now_iso_format():
+    t = zl.now_iso()
+    assert len(t) == 24 and t[10] == "T" and t.endswith("Z")
+
+
+@pytest.mark.parametrize("servers", ["127.0.0.1:2181", "a:1,b:2,c", "h1:2181/chroot/x",
+                                     "[::1]:2181", " 10.0.0.1:2181 "])
+def test_connect_string_ok(servers):
+    assert zkmod.check_servers(servers) == servers.strip()
+
+
+@pytest.mark.parametrize("servers,needle", [
+    (None, "MANTA_ZK_SERVERS"),
+    ("", "MANTA_ZK_SERVERS"),
+    ("a:b", "is not host or host:port"),
+    ("a:1,,b:2", "is not host or host:port"),
+    ("a:99999", "outside 1..65535"),
+    ("a:1/", "empty chroot"),
+    ("http://a:1", "is not host or host:port"),
+])
+def test_connect_string_rejected(servers, needle):
+    with pytest.raises(zkmod.ZkError) as ei:
+        zkmod.check_servers(servers)
+    assert needle in str(ei.value)
