@@ -52,6 +52,20 @@ class LabHandle:
                 "MANTA_VMAPI_URL": st["apis"]["vmapi"]}
 
 
+def _free_base_port():
+    """A base port whose whole block (fixed + dynamic ports) is free, so test
+    sessions running side by side do not collide."""
+    from manta_lab import config
+    # Below the kernel's ephemeral range (32768+), where client sockets would
+    # take our ports at random; 24000 is the default lab's block.
+    for base in (12000, 15000, 18000, 21000, 27000):
+        probe = [base + o for o in (0, 10, 11, 12, 101, 102, 151, 152, 301, 302, 303, 304)]
+        probe += list(range(base + 1000, base + 1040))
+        if all(config.port_free(p) for p in probe):
+            return base
+    raise RuntimeError("no free base port block below 30000")
+
+
 @pytest.fixture(scope="session")
 def lab():
     reuse = os.environ.get("LAB_TEST_HOME")
@@ -61,7 +75,7 @@ def lab():
     home = tempfile.mkdtemp(prefix="manta-lab-test-", dir="/var/tmp")
     os.chmod(home, 0o755)
     handle = LabHandle(home)
-    port = os.environ.get("LAB_TEST_BASE_PORT", "26000")
+    port = os.environ.get("LAB_TEST_BASE_PORT") or str(_free_base_port())
     try:
         handle.run("up", "--base-port", port)
         yield handle

@@ -62,22 +62,24 @@ def build():
         g = group_name(shard)
         inv.setdefault("postgres", {"children": []}).setdefault("children", []).append(g)
         for p in sh.get("peers", []):
+            if not p.get("alias"):
+                continue  # a deposed peer whose zone is gone
             host = p["alias"]
-            add(g, host, zone_uuid=p["zone"], shard=shard, pg_dsn=p.get("dsn"),
+            add(g, host, zone_uuid=p["zone"], manatee_role=p.get("role"), shard=shard, pg_dsn=p.get("dsn"),
                 pg_port=p.get("pg_port"), manatee_id=p.get("id"),
                 datacenter=p.get("datacenter"),
                 manta_svcadm=f"{lab_cmd} svcadm {p['zone']}")
         for m in sh.get("morays", []):
-            add("moray", m["alias"], zone_uuid=m["zone"], shard=shard, moray_url=m.get("url"),
-                manta_svcadm=f"{lab_cmd} svcadm {m['zone']}")
+            add("moray", m["alias"], zone_uuid=m["uuid"], shard=shard, moray_url=m.get("url"),
+                manta_svcadm=f"{lab_cmd} svcadm {m['uuid']}")
     for e in st.get("electric_moray", []):
-        add("electric_moray", e["alias"], zone_uuid=e["zone"], emoray_url=e.get("url"),
+        add("electric_moray", e["alias"], zone_uuid=e["uuid"], emoray_url=e.get("url"),
             emoray_status_url=e.get("status_url"), ring_path=e.get("ring"),
-            manta_svcadm=f"{lab_cmd} svcadm {e['zone']}")
+            manta_svcadm=f"{lab_cmd} svcadm {e['uuid']}")
     for s in st.get("storage", []):
-        add("storage", s["storage_id"], zone_uuid=s["zone"], manta_storage_id=s["storage_id"],
+        add("storage", s["storage_id"], zone_uuid=s["uuid"], manta_storage_id=s["storage_id"],
             storage_url=s.get("url"), storage_root=s.get("root"), datacenter=s.get("datacenter"),
-            manta_svcadm=f"{lab_cmd} svcadm {s['zone']}")
+            manta_svcadm=f"{lab_cmd} svcadm {s['uuid']}")
     inv["all"]["children"] = sorted(k for k in inv if k not in ("_meta", "all"))
     return inv
 

@@ -108,6 +108,12 @@ def up(cfg, args):
                              f"{getattr(cfg, attr)}; `lab down` and remove {cfg.home} to change it")
         setattr(cfg, attr, val)
     if first:
+        lo, hi = config.port_block(cfg.base_port)
+        elo, ehi = config.ephemeral_range()
+        if lo <= ehi and hi >= elo:
+            raise UsageError(f"--base-port {cfg.base_port}: the lab's ports {lo}-{hi} overlap the "
+                             f"kernel's ephemeral range {elo}-{ehi}; choose a base port at most "
+                             f"{elo - (hi - lo) - 1}")
         for port in _fixed_ports(cfg):
             if not config.port_free(port):
                 raise UsageError(f"port {port} on 127.0.0.1 is in use; choose --base-port")

@@ -189,6 +189,20 @@ def load(home=None):
     return cfg
 
 
+def ephemeral_range():
+    """The kernel's range for client ports; lab ports must stay outside it."""
+    try:
+        lo, hi = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def port_block(base):
+    """The first and last port a lab on this base port may use."""
+    return base, base + DYNAMIC_BASE + DYNAMIC_SIZE - 1
+
+
 def port_free(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:

@@ -129,7 +129,8 @@ def sitter_status(zone):
 
 
 def start_service(cfg, zone, svc=SVC, wait=15.0):
-    """Start the sitter (idempotent); wait until it has joined the election."""
+    """Start the sitter (idempotent) and wait (up to ``wait`` seconds; 0: do
+    not wait) until it has joined its shard's election."""
     _check_svc(svc)
     name = proc(zone)
     if procs.alive(cfg, name):
@@ -139,15 +140,26 @@ def start_service(cfg, zone, svc=SVC, wait=15.0):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(LAB_DIR), env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "manta_lab.sitter", "--home", str(cfg.home),
             "--zone", zone["uuid"]]
-    pid = procs.spawn(cfg, name, argv, log=log, env=env, cwd=zone["paths"]["root"])
-    deadline = time.monotonic() + wait
+    procs.spawn(cfg, name, argv, log=log, env=env, cwd=zone["paths"]["root"])
+    if wait:
+        wait_registered(cfg, zone, wait)
+
+
+def wait_registered(cfg, zone, timeout=15.0):
+    """Wait until the zone's running sitter has its election node. Returns
+    False on timeout (e.g. ZooKeeper unreachable); raises if it exited."""
+    name = proc(zone)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        pid = procs.alive(cfg, name)
+        if not pid:
+            raise LabError(f"{SVC} {zone['alias']}", "exited during start-up",
+                           zone["paths"]["sitter_log"])
         st = sitter_status(zone)
         if st and st.get("pid") == pid and st.get("registered"):
-            return
-        if not procs.alive(cfg, name):
-            raise LabError(f"{SVC} {zone['alias']}", "exited during start-up", log)
+            return True
         time.sleep(0.05)
+    return False
 
 
 def stop_service(cfg, zone, svc=SVC):
@@ -160,7 +172,7 @@ def stop_service(cfg, zone, svc=SVC):
         procs.stop(cfg, name, sig=signal.SIGTERM, timeout=20, group=False)
     # The sitter took its postgres with it; a postmaster left behind (sitter
     # SIGKILLed alone) is found by its postmaster.pid, never by name.
-    postgres.kill_postmaster(zone["paths"]["data"], sig=signal.SIGKILL)
+    postgres.kill_postmaster(zone["paths"]["data"], sig=signal.SIGKILL, reaped=False)
 
 
 def service_state(cfg, zone, svc=SVC):
@@ -232,7 +244,7 @@ def reprovision(cfg, zone, metadata=None):
     setup script does, and starts under the (new) MANATEE_SHARD_PATH."""
     zone = zones.get(cfg, zone["uuid"])
     procs.kill(cfg, proc(zone))                       # the zone halts
-    postgres.kill_postmaster(zone["paths"]["data"], sig=signal.SIGKILL)
+    postgres.kill_postmaster(zone["paths"]["data"], sig=signal.SIGKILL, reaped=False)
     md = dict(zone.get("metadata") or {})
     md.update(metadata or {})
     shard = md.get("SERVICE_NAME") or zone["shard"]
@@ -262,6 +274,6 @@ def destroy(cfg, zone):
 
 def _remove(cfg, zone):
     procs.kill(cfg, proc(zone))
-    postgres.kill_postmaster(zone["paths"]["data"], sig=signal.SIGKILL)
+    postgres.kill_postmaster(zone["paths"]["data"], sig=signal.SIGKILL, reaped=False)
     shutil.rmtree(zone["paths"]["root"], ignore_errors=True)
     zones.remove(cfg, zone["uuid"])

@@ -163,11 +163,12 @@ def postmaster_of(data):
     return None
 
 
-def kill_postmaster(data, sig=signal.SIGQUIT, timeout=10.0):
+def kill_postmaster(data, sig=signal.SIGQUIT, timeout=10.0, reaped=True):
     """Stop a postmaster left running on this data dir (verified by its
     postmaster.pid and command line, never by name): sig, then SIGKILL; then
-    wait until its pid is gone, zombie included (PostgreSQL refuses to start
-    while the pid in postmaster.pid exists). True if one was found."""
+    wait until it is dead and, with ``reaped``, until its pid is gone, zombie
+    included (PostgreSQL refuses to start while the pid in postmaster.pid
+    exists, and an orphan's zombie waits for init). True if one was found."""
     pid = _pidfile_pid(data)
     if pid is None:
         return False
@@ -178,7 +179,7 @@ def kill_postmaster(data, sig=signal.SIGQUIT, timeout=10.0):
     killed = sig == signal.SIGKILL
     while time.monotonic() < deadline:
         st = _proc_state(pid)
-        if st is None:
+        if st is None or (st[0] == "Z" and not reaped):
             return found
         if st[0] != "Z":
             if postmaster_of(data) != pid:

@@ -55,12 +55,24 @@ def ensure(cfg, shard, wait=True, timeout=60):
     if not zs:
         _create(cfg, shard)
     else:
-        for z in _start_order(cfg, shard, zs):
-            if z["services"].get(peer.SVC, {}).get("enabled", True):
-                peer.start_service(cfg, z, peer.SVC)
+        _start(cfg, [z for z in _start_order(cfg, shard, zs)
+                     if z["services"].get(peer.SVC, {}).get("enabled", True)])
     if wait:
         wait_healthy(cfg, shard, timeout)
     return describe(cfg, shard)
+
+
+def _start(cfg, ordered):
+    """Start sitters in chain order. The primary and then the sync each join
+    the election before the next starts: a sync that found no primary, or a
+    primary that found an async but no sync, would declare a new generation
+    (takeover, new sync) as manatee does. The asyncs start together."""
+    for z in ordered[:2]:
+        peer.start_service(cfg, z, peer.SVC)
+    for z in ordered[2:]:
+        peer.start_service(cfg, z, peer.SVC, wait=0)
+    for z in ordered[2:]:
+        peer.wait_registered(cfg, z)
 
 
 def _start_order(cfg, shard, zs):
@@ -93,8 +105,7 @@ def _create(cfg, shard):
               "deposed": [], "initWal": INITIAL_WAL}
         with zookeeper.client(cfg) as zk:
             write_state(zk, shard_path(shard), lambda cur: st)
-        for z in made:
-            peer.start_service(cfg, z, peer.SVC)
+        _start(cfg, made)
     except BaseException:
         for z in made:
             peer._remove(cfg, z)

@@ -454,6 +454,7 @@ class Sitter:
         self.node = path.rsplit("/", 1)[1]
         self.node_session = session
         log.info("joined election under %s as %s", self.shard_path, self.node)
+        self.write_status()
 
     def leave_election(self):
         if self.node and self.zk and self.zk.connected:

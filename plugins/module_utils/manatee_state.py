@@ -328,6 +328,44 @@ def freeze_info(state):
     return {"frozen": True, "date": "unknown", "reason": "unknown"}
 
 
+def plan_freeze(state, reason, force=False, now=None):
+    """Decide a freeze (pure). Returns ``(new_state, foreign)``.
+
+    Not frozen -> frozen with ``reason``. Frozen with ``reason`` (object form)
+    -> unchanged. Frozen by someone else (another reason, or a boolean) ->
+    unchanged, and ``foreign`` is that freeze's ``{"date","reason"}``; with
+    ``force`` our freeze replaces it.
+    """
+    fr = freeze_info(state)
+    if fr["frozen"] and isinstance(state.get("freeze"), dict) and fr["reason"] == reason:
+        return state, None
+    foreign = {"date": fr["date"], "reason": fr["reason"]} if fr["frozen"] else None
+    if foreign and not force:
+        return state, foreign
+    new = copy.deepcopy(state)
+    new["freeze"] = {"date": now or now_iso(), "reason": reason}
+    return new, foreign
+
+
+def plan_unfreeze(state, reason, force=False):
+    """Decide an unfreeze (pure). Returns ``(new_state, matches, foreign)``.
+
+    Only a freeze object whose reason is ``reason`` is removed; someone
+    else's freeze (or a boolean one) is reported as ``foreign`` and kept,
+    unless ``force``.
+    """
+    fr = freeze_info(state)
+    if not fr["frozen"]:
+        return state, False, None
+    matches = isinstance(state.get("freeze"), dict) and reason is not None and fr["reason"] == reason
+    foreign = None if matches else {"date": fr["date"], "reason": fr["reason"]}
+    if matches or force:
+        new = copy.deepcopy(state)
+        del new["freeze"]
+        return new, matches, foreign
+    return state, False, foreign
+
+
 def load(zk, shard):
     """(state dict, ZnodeStat). Raises StateMissing / StateInvalid (not JSON)."""
     paths = shard_paths(shard)

@@ -73,8 +73,9 @@ def now_iso():
 
 
 def default_host():
+    # gethostname, not getfqdn: a reverse lookup can stall for seconds without DNS.
     try:
-        return socket.getfqdn() or socket.gethostname()
+        return socket.gethostname() or "unknown"
     except OSError:
         return "unknown"
 
@@ -171,7 +172,7 @@ def public(view):
         "exists": view["exists"],
         "mode": view["mode"],
         "version": view["version"],
-        "holders": [dict(owner=o, **{k: v for k, v in (i or {}).items()})
+        "holders": [dict(owner=o, **dict(i or {}))
                     for o, i in sorted(view["holders"].items())],
     }
 

@@ -31,7 +31,7 @@ description:
     If the shard already has a state with the same primary, sync and asyncs, nothing changes. If
     the state differs, the task fails and nothing is written.
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - manta.ops.zookeeper
@@ -214,29 +214,22 @@ def do_freeze(module, zk, p):
     note = {}
 
     def mutate(st):
-        note.clear()
-        fr = ms.freeze_info(st)
-        if fr["frozen"] and fr["reason"] == want and isinstance(st.get("freeze"), dict):
-            return st
-        if fr["frozen"]:
-            note["foreign"] = {"date": fr["date"], "reason": fr["reason"]}
-            if not p["force"]:
-                return st
-        st["freeze"] = {"date": ms.now_iso(), "reason": want}
-        return st
+        new, note["foreign"] = ms.plan_freeze(st, want, force=p["force"])
+        return new
 
     res = ms.update_state(zk, p["shard"], mutate, check_mode=module.check_mode,
                           retries=p["cas_retries"])
     out = {"freeze_matches": ms.freeze_info(res["after"])["reason"] == want}
-    if "foreign" in note:
-        out["foreign_freeze"] = note["foreign"]
+    foreign = note.get("foreign")
+    if foreign:
+        out["foreign_freeze"] = foreign
         if p["force"]:
             module.warn(f"shard {p['shard']} was frozen by someone else (reason "
-                        f"{note['foreign']['reason']!r}, since {note['foreign']['date']}); "
+                        f"{foreign['reason']!r}, since {foreign['date']}); "
                         "force=true replaced that freeze with ours")
         else:
             module.warn(f"shard {p['shard']} is already frozen by someone else (reason "
-                        f"{note['foreign']['reason']!r}, since {note['foreign']['date']}); "
+                        f"{foreign['reason']!r}, since {foreign['date']}); "
                         "it stays frozen with that reason and ours was not set")
     return res, out
 
@@ -246,30 +239,21 @@ def do_unfreeze(module, zk, p):
     note = {}
 
     def mutate(st):
-        note.clear()
-        fr = ms.freeze_info(st)
-        note["matches"] = fr["frozen"] and fr["reason"] == want and want is not None
-        if not fr["frozen"]:
-            return st
-        if note["matches"]:
-            del st["freeze"]
-            return st
-        note["foreign"] = {"date": fr["date"], "reason": fr["reason"]}
-        if p["force"]:
-            del st["freeze"]
-        return st
+        new, note["matches"], note["foreign"] = ms.plan_unfreeze(st, want, force=p["force"])
+        return new
 
     res = ms.update_state(zk, p["shard"], mutate, check_mode=module.check_mode,
                           retries=p["cas_retries"])
     out = {"freeze_matches": bool(note.get("matches"))}
-    if "foreign" in note:
-        out["foreign_freeze"] = note["foreign"]
+    foreign = note.get("foreign")
+    if foreign:
+        out["foreign_freeze"] = foreign
         if p["force"]:
             module.warn(f"shard {p['shard']} was frozen by someone else (reason "
-                        f"{note['foreign']['reason']!r}); force=true unfroze it anyway")
+                        f"{foreign['reason']!r}); force=true unfroze it anyway")
         else:
             module.warn(f"shard {p['shard']} is frozen by someone else (reason "
-                        f"{note['foreign']['reason']!r}, since {note['foreign']['date']}, expected "
+                        f"{foreign['reason']!r}, since {foreign['date']}, expected "
                         f"{want!r}); left frozen")
     return res, out
 

@@ -22,7 +22,7 @@ description:
     breaks them, the problems are listed in RV(manatee.validation_errors) and PostgreSQL is not
     queried.
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - manta.ops.zookeeper

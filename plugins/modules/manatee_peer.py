@@ -23,9 +23,9 @@ description:
   - O(state=absent) waits until the peer has left the shard. It must have no role in the state
     (primary, sync, async or deposed) and no election node, that is, its ZooKeeper session is
     gone.
-  - The module never changes anything, so RV(changed) is always false.
+  - The module never changes anything, so C(changed) is always false.
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - manta.ops.zookeeper
@@ -149,6 +149,35 @@ peer:
       C(wal_lsn), C(replay_lsn), C(lag), C(repl) and C(upstream_link).
   returned: always
   type: dict
+  contains:
+    role:
+      description: V(primary), V(sync), V(async) or V(deposed).
+      type: str
+    index:
+      description: Position in the async chain (asyncs and deposed), else null.
+      type: int
+    id:
+      description: The manatee peer id.
+      type: str
+    zoneId:
+      description: The zone uuid.
+      type: str
+    pg:
+      description: V(ok), V(fail) or V(not probed) (deposed peers are not queried).
+      type: str
+    wal_lsn:
+      description:
+        - The peer's WAL position. On a primary it is the current WAL LSN, on a standby the
+          replayed LSN.
+        - Record it for the future primary before its sitter is disabled. It becomes the new
+          shard's C(initWal).
+      type: str
+    lag:
+      description: Time since the last replayed transaction, formatted like manatee-adm (V(1m05s)).
+      type: str
+    upstream_link:
+      description: The upstream's C(pg_stat_replication) row for this peer (null when not connected).
+      type: dict
   sample:
     role: async
     index: 1
@@ -270,7 +299,7 @@ def main():
         with Zk(p["zk_servers"], p["zk_timeout"]) as zk:
             target = p["lsn"]
             if target == "primary":
-                state, _ = ms.load(zk, p["shard"])
+                state = ms.load(zk, p["shard"])[0]
                 st = mpg.probe(state["primary"], "primary", **pg_opts(p))
                 if st["error"] or not st["wal_lsn"]:
                     module.fail_json(msg=f"lsn=primary: cannot read the WAL position of the primary "

@@ -25,7 +25,7 @@ description:
     host and the time are recorded in the same ZooKeeper transaction as a persistent sequential
     node under C(/manta_ops/lock_breaks/).
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - manta.ops.zookeeper
@@ -80,7 +80,7 @@ options:
     description: What the lock is held for. It is stored with the holder and shown in errors.
     type: str
   host:
-    description: Host recorded with the holder. The default is the fully qualified name of the host running the module.
+    description: Host recorded with the holder. The default is the host name of the machine running the module.
     type: str
   plan:
     description: Plan id recorded with the holder.

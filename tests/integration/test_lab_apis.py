@@ -6,12 +6,12 @@ a base port in 32000-32999 and stops it by pid at the end. Provisioning of
 real postgres peers (which needs ZooKeeper and a running shard) is in
 test_lab_apis_provision.py, against the whole lab.
 """
+import base64
 import hashlib
 import json
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 import uuid as uuidlib
@@ -484,9 +484,13 @@ def test_imgapi_create_addfile_activate_getfile(lab):
     assert r.status_code == 200 and r.content == data
     assert r.headers["Content-Type"] == "application/octet-stream"
     assert r.headers["Content-Length"] == str(len(data)) and r.headers["Etag"] == sha1
-    import base64
     assert r.headers["Content-MD5"] == base64.b64encode(hashlib.md5(data).digest()).decode()
     assert r.headers["Last-Modified"].endswith("GMT")
+    # update: mutable fields only
+    r = lab.post(f"{lab.imgapi}/images/{u}?action=update", json={"description": "ring"})
+    assert r.status_code == 200 and r.json()["description"] == "ring"
+    r = lab.post(f"{lab.imgapi}/images/{u}?action=update", json={"uuid": str(uuidlib.uuid4())})
+    assert r.status_code == 422 and r.json()["code"] == "ValidationFailed"
     # disable / enable
     assert lab.post(f"{lab.imgapi}/images/{u}?action=disable").json()["state"] == "disabled"
     assert lab.post(f"{lab.imgapi}/images/{u}?action=enable").json()["state"] == "active"
@@ -577,6 +581,19 @@ def test_vmapi_get_list_filters(lab, app):
     assert ids(owner_uuid=app["owner"], alias="flt-b", state="running") == {b["uuid"]}
     assert ids(uuids=f"{a['uuid']},{b['uuid']}") == {a["uuid"], b["uuid"]}
     assert ids(predicate=json.dumps({"eq": ["alias", "flt-b"]})) == {b["uuid"]}
+    assert ids(predicate=json.dumps({"and": [{"eq": ["tag.manta_role", "webapi"]},
+                                             {"ne": ["alias", "flt-b"]}]})) >= {a["uuid"]}
+    # limit + marker pages through everything exactly once
+    everything = [v["uuid"] for v in lab.get(lab.vmapi + "/vms", params={"sort": "uuid.asc"}).json()]
+    paged, marker = [], None
+    while True:
+        q = {"sort": "uuid.asc", "limit": 2, **({"marker": json.dumps({"uuid": marker})} if marker else {})}
+        page = lab.get(lab.vmapi + "/vms", params=q).json()
+        paged += [v["uuid"] for v in page]
+        if len(page) < 2:
+            break
+        marker = page[-1]["uuid"]
+    assert paged == everything
     assert a["uuid"] not in ids(state="destroyed")
     r = lab.get(lab.vmapi + "/vms", params={"bogus": "1"})
     assert r.status_code == 409 and r.json()["code"] == "ValidationFailed"
@@ -806,3 +823,31 @@ def test_register_zone_adopts_a_later_zone(lab):
     assert bootstrap.register_zone(cfg, zone)["uuid"] == zone["uuid"]   # idempotent
     vm = lab.get(f"{lab.vmapi}/vms/{zone['uuid']}").json()
     assert vm["tags"] == {"manta_role": "moray"} and vm["server_uuid"] == cfg.servers[3]["uuid"]
+
+
+def test_queued_jobs_run_after_a_restart(monkeypatch):
+    """A job still queued when the process stops runs when it starts again."""
+    home = tempfile.mkdtemp(prefix="manta-lab-apis-jobs-", dir="/var/tmp")
+    cfg = config.LabConfig(home=home, base_port=_free_base())
+    cfg.save()
+    try:
+        monkeypatch.setenv("MANTA_LAB_JOB_DELAY", "30")   # jobs stay queued
+        apis.start(cfg)
+        lab = Lab(cfg)
+        vm = lab.put(f"{lab.vmapi}/vms/{uuidlib.uuid4()}", json={
+            "alias": "restart-me", "owner_uuid": str(uuidlib.uuid4()),
+            "server_uuid": cfg.servers[0]["uuid"], "state": "running"}).json()
+        assert vm["state"] == "running" and vm["nics"]
+        r = lab.post(f"{lab.vmapi}/vms/{vm['uuid']}?action=stop", json={})
+        juuid = r.json()["job_uuid"]
+        assert lab.get(f"{lab.vmapi}/jobs/{juuid}").json()["execution"] == "queued"
+        apis.stop(cfg)
+        monkeypatch.setenv("MANTA_LAB_JOB_DELAY", "0.05")
+        apis.start(cfg)
+        lab = Lab(cfg)
+        job, _ = lab.wait_job(juuid)
+        assert job["execution"] == "succeeded"
+        assert lab.get(f"{lab.vmapi}/vms/{vm['uuid']}").json()["state"] == "stopped"
+    finally:
+        apis.stop(cfg)
+        shutil.rmtree(home, ignore_errors=True)

@@ -74,6 +74,11 @@ def info(zk_connect, shard_name, **kw):
     return r["manatee"]
 
 
+def warnings(r):
+    """Warning texts of a module result (ansible-core 2.21 structures them)."""
+    return [w["event"]["msg"] if isinstance(w, dict) else w for w in r.get("warnings", [])]
+
+
 def raw_state(zk, shard_name):
     data, stat = zk.get(f"/manatee/{shard_name}/state")
     return json.loads(data), stat.version
@@ -232,10 +237,10 @@ def test_someone_elses_freeze_is_reported_and_left_alone(cfg, zk_connect, zk, sh
     r = cluster(zk_connect, shard, state="frozen", freeze_reason=REASON)
     assert r["changed"] is False and r["freeze_matches"] is False
     assert r["foreign_freeze"]["reason"] == "By nate for CM-129"
-    assert any("already frozen by someone else" in w for w in r["warnings"])
+    assert any("already frozen by someone else" in w for w in warnings(r))
     r = cluster(zk_connect, shard, state="unfrozen", freeze_reason=REASON)
     assert r["changed"] is False and r["freeze_matches"] is False
-    assert any("left frozen" in w for w in r["warnings"])
+    assert any("left frozen" in w for w in warnings(r))
     assert raw_state(zk, shard) == (st, v), "a foreign freeze is never touched without force"
 
     r = cluster(zk_connect, shard, state="frozen", freeze_reason=REASON, force=True)
@@ -302,6 +307,22 @@ def test_invalid_state_is_reported_and_never_written(zk_connect, zk, scratch):
     r = cluster(zk_connect, name3, state="frozen", freeze_reason=REASON)
     assert r["failed"] and "is not valid JSON" in r["msg"]
     assert zk.get(f"/manatee/{name3}/state")[0] == b"{not json"
+
+
+def test_boolean_freeze_counts_as_someone_elses(zk_connect, zk, scratch):
+    name = scratch(dict(good_state(), freeze=True))      # an old-style freeze: true
+    m = info(zk_connect, name, probe_postgres=False)
+    assert m["frozen"] is True and m["freeze_reason"] == "unknown"
+    before = zk.get(f"/manatee/{name}/state")
+    for args in ({"state": "unfrozen", "freeze_reason": "unknown"},
+                 {"state": "frozen", "freeze_reason": REASON}):
+        r = cluster(zk_connect, name, **args)
+        assert r["changed"] is False and r["foreign_freeze"]["reason"] == "unknown", r
+    assert zk.get(f"/manatee/{name}/state") == before
+    r = cluster(zk_connect, name, state="unfrozen", force=True, diff=True)
+    assert r["changed"] is True and r["diff"]["before"]["freeze"] is True
+    assert "freeze" not in json.loads(zk.get(f"/manatee/{name}/state")[0])
+    assert [n[:2] for n in zk.get_children(f"/manatee/{name}/history")] == ["0-"]
 
 
 def test_cas_lost_to_a_concurrent_writer_writes_nothing(zk_connect, zk, scratch):

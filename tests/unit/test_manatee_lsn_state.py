@@ -236,3 +236,45 @@ def test_same_topology_ignores_freeze_and_wal():
     assert ms.same_topology(a, b)
     c = ms.new_cluster_state(peer(2), peer(1), [peer(3)], "0/1", "r1")
     assert not ms.same_topology(a, c)
+
+
+# ---- freeze decisions ---------------------------------------------------------------
+
+R = "reshard plan 1"
+
+
+def test_plan_freeze():
+    s = good_state()
+    s.pop("freeze")
+    new, foreign = ms.plan_freeze(s, R, now="T")
+    assert new["freeze"] == {"date": "T", "reason": R} and foreign is None
+    assert "freeze" not in s, "the input is not modified"
+    same, foreign = ms.plan_freeze(new, R)
+    assert same is new and foreign is None
+    other = good_state()  # frozen "By nate for CM-129"
+    kept, foreign = ms.plan_freeze(other, R)
+    assert kept == good_state() and foreign["reason"] == "By nate for CM-129"
+    forced, foreign = ms.plan_freeze(other, R, force=True, now="T")
+    assert forced["freeze"]["reason"] == R and foreign["reason"] == "By nate for CM-129"
+    boolean = dict(good_state(), freeze=True)
+    kept, foreign = ms.plan_freeze(boolean, "unknown")
+    assert kept["freeze"] is True and foreign == {"date": "unknown", "reason": "unknown"}
+
+
+def test_plan_unfreeze():
+    ours = dict(good_state(), freeze={"date": "T", "reason": R})
+    new, matches, foreign = ms.plan_unfreeze(ours, R)
+    assert "freeze" not in new and matches and foreign is None
+    assert ours["freeze"]["reason"] == R, "the input is not modified"
+    other = good_state()
+    kept, matches, foreign = ms.plan_unfreeze(other, R)
+    assert kept["freeze"]["reason"] == "By nate for CM-129" and not matches
+    assert foreign["reason"] == "By nate for CM-129"
+    gone, matches, foreign = ms.plan_unfreeze(other, None, force=True)
+    assert "freeze" not in gone and not matches and foreign
+    # a boolean freeze's reason is "unknown" for display only: it never matches
+    boolean = dict(good_state(), freeze=True)
+    kept, matches, _ = ms.plan_unfreeze(boolean, "unknown")
+    assert kept["freeze"] is True and not matches
+    none = dict(good_state(), freeze=None)
+    assert ms.plan_unfreeze(none, R) == (none, False, None)

@@ -6,7 +6,7 @@
   so instances and VMs carry real image uuids (`manta-adm show` counts them);
 * the ``manta`` application, owned by poseidon, with the production metadata
   keys INDEX_MORAY_SHARDS, STORAGE_MORAY_SHARD, ZK_SERVERS, DOMAIN_NAME,
-  REGION, DNS_DOMAIN, SAPI_URL. A key is only written when it is absent, so a
+  REGION, DNS_DOMAIN, SIZE, SAPI_URL. A key is only written when it is absent, so a
   reshard's changes survive `lab down && lab up`. HASH_RING_IMAGE and
   HASH_RING_IMGAPI_SERVICE are left to the ring builder;
 * the services nameservice, postgres, moray, electric-moray and storage with
@@ -68,8 +68,17 @@ def app_metadata(cfg):
         "DOMAIN_NAME": cfg.domain,
         "REGION": cfg.region,
         "DNS_DOMAIN": dns_domain(cfg),
+        "SIZE": "lab",
         "SAPI_URL": cfg.url("sapi"),
     }
+
+
+# Keys production keeps on the application only. A zone record may carry its
+# own copy (what its config-agent rendered); adopting it must not shadow the
+# application's value at the instance level.
+APP_LEVEL = {"INDEX_MORAY_SHARDS", "STORAGE_MORAY_SHARD", "BUCKETS_MORAY_SHARDS", "ZK_SERVERS",
+             "DOMAIN_NAME", "REGION", "DNS_DOMAIN", "SIZE", "HASH_RING_IMAGE",
+             "HASH_RING_IMGAPI_SERVICE", "BUCKETS_HASH_RING_IMAGE", "MARLIN_MORAY_SHARD"}
 
 
 def service_metadata(cfg, svc):
@@ -147,7 +156,7 @@ def instance_metadata(cfg, zone):
         sid = (zone.get("metadata") or {}).get("MANTA_STORAGE_ID") or zone.get("storage_id")
         if sid:
             md["MANTA_STORAGE_ID"] = sid
-    md.update(zone.get("metadata") or {})
+    md.update({k: v for k, v in (zone.get("metadata") or {}).items() if k not in APP_LEVEL})
     return md
 
 

@@ -10,6 +10,7 @@ only exists so lab components (bootstrap, ring, storage, ...) need no extra
 dependency. Errors raise ApiClientError (a LabError) carrying the status,
 the restify ``code`` and ``message``.
 """
+import hashlib
 import json
 import time
 import urllib.error
@@ -136,7 +137,6 @@ class Imgapi(Client):
     def import_image(self, manifest, data, compression="gzip"):
         """AdminImportImage + AddImageFile + ActivateImage, resuming where a
         previous attempt stopped (the idempotent import of §2.4)."""
-        import hashlib
         uuid = manifest["uuid"]
         sha1 = hashlib.sha1(data).hexdigest()
         img = self.get_image(uuid)

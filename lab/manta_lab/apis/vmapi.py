@@ -720,6 +720,18 @@ class Vmapi:
             vms = [v for v in vms if self._pred_eval(pred, v)]
         vms.sort(key=lambda v: (str(v.get(sfield) if v.get(sfield) is not None else ""), v["uuid"]),
                  reverse=sdir.lower() != "asc")
+        if p.get("marker"):
+            # VMAPI markers are JSON objects holding (at least) the uuid of the last
+            # VM of the previous page: continue after it in this sort order.
+            try:
+                mk = json.loads(p["marker"]) if isinstance(p["marker"], str) else p["marker"]
+                mu = mk["uuid"]
+            except (ValueError, TypeError, KeyError):
+                raise errors.vmapi_validation("Invalid Parameters", [verr(
+                    "marker", "Invalid", 'Invalid marker: must be JSON like {"uuid": "..."}')]
+                ) from None
+            ids = [v["uuid"] for v in vms]
+            vms = vms[ids.index(mu) + 1:] if mu in ids else vms
         if offset:
             vms = vms[offset:]
         if limit:

@@ -1,0 +1,91 @@
+"""The direct table writer produces the same database as LevelDB's own write path."""
+import os
+import struct
+
+import plyvel
+import pytest
+
+from ansible_collections.manta.ops.plugins.module_utils.fash import Topology, dump_ring, open_ring, write_topology
+from ansible_collections.manta.ops.plugins.module_utils.fash import sstable
+
+from fash_vectors import P1, P2, P3, P4
+
+
+def _topo():
+    topo = Topology.create([P1, P2, P3], 5000)
+    topo.remap(list(range(0, 5000, 7)), P4)
+    topo.remap([1, 2], "tcp://10.moray.example.com:2020")       # a pnode name of another length
+    topo.set_data([1, 2, 3, 4999], "ro")
+    topo.set_data([5], {"x": "\u00e9", "n": [1, 2.5]})
+    topo.add_pnode("tcp://9.moray.example.com:2020")               # empty pnode
+    return topo
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_same_as_leveldb_write_path(tmp_path, monkeypatch, fork):
+    monkeypatch.setenv("MANTA_FASH_NO_FORK", "0" if fork == "1" else "1")
+    topo = _topo()
+    write_topology(topo, str(tmp_path / "direct"), engine="sstable")
+    write_topology(topo, str(tmp_path / "plyvel"), engine="plyvel")
+    assert sorted(os.listdir(tmp_path / "direct")) == ["000002.ldb", "000003.ldb", "CURRENT", "MANIFEST-000004"]
+    assert dump_ring(str(tmp_path / "direct")) == dump_ring(str(tmp_path / "plyvel"))
+    db = plyvel.DB(str(tmp_path / "direct"), paranoid_checks=True)
+    try:
+        assert sum(1 for _ in db.iterator(verify_checksums=True)) == 2 * 5000 + 6 + 6   # vnode keys, 6 pnode lists, 6 others
+        assert db.get(b"/VNODE/4998", verify_checksums=True) == b'"%s"' % P4.encode()
+        key5 = b"/PNODE/%s/5" % topo.pnode_of(5).encode()
+        assert db.get(key5, verify_checksums=True) == '{"x":"\u00e9","n":[1,2.5]}'.encode()
+    finally:
+        db.close()
+    with open_ring(str(tmp_path / "direct")) as r:
+        assert r.verify() == []
+        r.remap([0], P2)      # and LevelDB writes on top of it
+    assert read_back(tmp_path / "direct").pnode_of(0) == P2
+
+
+def read_back(path):
+    from ansible_collections.manta.ops.plugins.module_utils.fash import read_topology
+    return read_topology(str(path))
+
+
+def test_interleaving_pnode_names_fall_back(tmp_path):
+    # "/PNODE/A-1" sorts between "/PNODE/A" and "/PNODE/A/0": the writer hands such rings to LevelDB
+    topo = Topology.create(["A", "A-1", "A/x"], 30)
+    write_topology(topo, str(tmp_path / "r"), strict_pnodes=False, engine="sstable")
+    write_topology(topo, str(tmp_path / "p"), strict_pnodes=False, engine="plyvel")
+    assert dump_ring(str(tmp_path / "r")) == dump_ring(str(tmp_path / "p"))
+
+
+def test_sst_names(tmp_path):
+    write_topology(Topology.create([P1, P2], 100), str(tmp_path / "r"), sst=True)
+    assert sorted(f for f in os.listdir(tmp_path / "r") if f.endswith(("sst", "ldb"))) == ["000002.sst", "000003.sst"]
+    assert read_back(tmp_path / "r").counts() == {P1: 50, P2: 50}
+
+
+def _unframe(data):
+    """Decode LevelDB log framing (for the test only)."""
+    out, rec, pos = [], b"", 0
+    while pos + 7 <= len(data):
+        block_left = 32768 - pos % 32768
+        if block_left < 7:
+            pos += block_left
+            continue
+        crc, length, rtype = struct.unpack_from("<IHB", data, pos)
+        chunk = data[pos + 7:pos + 7 + length]
+        assert crc == sstable.masked_crc(bytes([rtype]) + chunk)
+        rec += chunk
+        pos += 7 + length
+        if rtype in (1, 4):
+            out.append(rec)
+            rec = b""
+    return out
+
+
+def test_log_framing_and_helpers():
+    small = sstable._log_records(b"abc")
+    assert _unframe(small) == [b"abc"]
+    big = bytes(range(256)) * 400          # 102400 bytes: FIRST, MIDDLE..., LAST fragments
+    assert _unframe(sstable._log_records(big)) == [big]
+    assert sstable.varint(300) == b"\xac\x02"
+    assert sstable._level_for(60 << 20) == 2 and sstable._level_for(1 << 20) == 1
+    assert sstable._level_for(600 << 20) == 3
