@@ -38,7 +38,6 @@ Process entry: ``python -m manta_lab.emoray --home <home> --zone <uuid>``.
 """
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import random
@@ -60,7 +59,9 @@ KIND = "electric-moray"
 SVC = "electric-moray"
 SERVICES = [SVC]
 READ_ONLY = "ro"
-MARKER = ".installed-image"   # <ring dir><MARKER>: image uuid installed by setup/install_ring
+# Written inside the ring dir by setup/install_ring (LevelDB ignores foreign
+# files); a swap done by hand replaces the directory and so drops it.
+MARKER = ".lab_installed_image"
 
 
 # =============================================================================
@@ -124,7 +125,11 @@ def provision(cfg, server_uuid=None, zuuid=None, metadata=None, index=None):
                "log": str(cfg.log(f"electric-moray-{i}"))},
         metadata=dict(metadata or {}), fmri=f"svc:/manta/application/electric-moray:"
                                            f"electric-moray-{port}")
-    start_service(cfg, zone, SVC)
+    try:
+        start_service(cfg, zone, SVC)
+    except BaseException:
+        destroy(cfg, zone)    # a zone that failed setup is not left behind
+        raise
     return zone
 
 
@@ -167,7 +172,7 @@ def installed_image(zone_or_dir):
     if st and st.get("image_uuid"):
         return st["image_uuid"]
     try:
-        return Path(d + MARKER).read_text().strip() or None
+        return Path(d, MARKER).read_text().strip() or None
     except OSError:
         return None
 
@@ -234,7 +239,7 @@ def setup(cfg, zone, force=False):
         _smoke_test(new)
         hashdir.parent.mkdir(parents=True, exist_ok=True)
         _swap_in(new, hashdir)
-    Path(str(hashdir) + MARKER).write_text(image + "\n")
+    Path(hashdir, MARKER).write_text(image + "\n")
     return image
 
 
@@ -257,7 +262,7 @@ def install_ring(cfg, zone, image_uuid, imgapi_url=None, timeout=60):
         shutil.rmtree(new, ignore_errors=True)
         ring.extract_ring(tgz, new)
         _swap_in(new, hashdir)
-    Path(hashdir + MARKER).write_text(image_uuid + "\n")
+    Path(hashdir, MARKER).write_text(image_uuid + "\n")
     zones.svcadm(cfg, zone, "enable", SVC)
     return wait_status(zone, timeout)
 
@@ -317,7 +322,8 @@ def start_service(cfg, zone, svc):
     procs.spawn(cfg, name, [sys.executable, "-m", "manta_lab.emoray",
                             "--home", cfg.home, "--zone", zone["uuid"]], log=log)
     if not rpc.wait_ping(url(zone), 60, lambda: procs.alive(cfg, name)):
-        raise LabError(f"electric-moray {zone['alias']}", "did not start (see its log)", log)
+        raise LabError(f"electric-moray {zone['alias']}",
+                       f"did not start: {rpc.log_tail(log)}", log)
 
 
 def stop_service(cfg, zone, svc):

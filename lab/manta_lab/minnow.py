@@ -94,8 +94,9 @@ class Minnow:
             t0 = time.monotonic()
             self.used = used_bytes(self.zone["paths"]["root"])
             took = time.monotonic() - t0
-            # rescan often when cheap, rarely when the node is big
-            self.stop.wait(max(1.0, took * 4))
+            # rescan often when cheap, rarely when the node is big (a walk of
+            # a node holding 500k files takes seconds: keep it under ~5% CPU)
+            self.stop.wait(max(1.0, took * 20))
 
     def _client(self):
         urls = moray.resolve(self.cfg, self.shard)

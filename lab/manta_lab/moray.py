@@ -90,8 +90,12 @@ def provision(cfg, shard, server_uuid=None, zuuid=None, metadata=None):
     zone["paths"] = {"root": str(zone_dir(cfg, zone)),
                      "log": str(cfg.log(f"moray-{zone['alias']}"))}
     zones.save(cfg, zone)
-    zone_dir(cfg, zone).mkdir(parents=True, exist_ok=True)
-    start_service(cfg, zone, SVC)
+    try:
+        zone_dir(cfg, zone).mkdir(parents=True, exist_ok=True)
+        start_service(cfg, zone, SVC)
+    except BaseException:
+        destroy(cfg, zone)    # a zone that failed setup is not left behind
+        raise
     return zone
 
 
@@ -136,7 +140,7 @@ def start_service(cfg, zone, svc):
     procs.spawn(cfg, name, [sys.executable, "-m", "manta_lab.moray",
                             "--home", cfg.home, "--zone", zone["uuid"]], log=log)
     if not rpc.wait_ping(url(zone), 30, lambda: procs.alive(cfg, name)):
-        raise LabError(f"moray {zone['alias']}", "did not answer /ping", log)
+        raise LabError(f"moray {zone['alias']}", f"did not answer /ping: {rpc.log_tail(log)}", log)
 
 
 def stop_service(cfg, zone, svc):

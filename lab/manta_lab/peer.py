@@ -138,11 +138,33 @@ def start_service(cfg, zone, svc=SVC, wait=15.0):
     log = zone["paths"]["sitter_log"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(LAB_DIR), env.get("PYTHONPATH")) if p)
-    argv = [sys.executable, "-m", "manta_lab.sitter", "--home", str(cfg.home),
-            "--zone", zone["uuid"]]
+    argv = [python(), "-m", "manta_lab.sitter", "--home", str(cfg.home), "--zone", zone["uuid"]]
     procs.spawn(cfg, name, argv, log=log, env=env, cwd=zone["paths"]["root"])
     if wait:
         wait_registered(cfg, zone, wait)
+
+
+def wait_pg(cfg, zone, timeout=60.0):
+    """Wait until the running sitter has settled its postgres: up and
+    answering, or deliberately down (no state, deposed). False on timeout."""
+    name = proc(zone)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = procs.alive(cfg, name)
+        if not pid:
+            raise LabError(f"{SVC} {zone['alias']}", "exited", zone["paths"]["sitter_log"])
+        st = sitter_status(zone)
+        if st and st.get("pid") == pid and st.get("pg_config"):
+            if st["pg_config"].get("role") == "none" or st.get("pg") == "online":
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def python():
+    """The venv's interpreter (kazoo, psycopg2), else the one running us."""
+    venv = config.REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
 
 
 def wait_registered(cfg, zone, timeout=15.0):
@@ -232,6 +254,7 @@ def provision(cfg, shard, server_uuid, zuuid=None, metadata=None):
             raise LabError("peer", f"no peer of {zone['shard']} to back up from ({last})",
                            zone["paths"]["pg_log"])
         start_service(cfg, zone)
+        wait_pg(cfg, zone)
     except BaseException:
         _remove(cfg, zone)
         raise
@@ -258,6 +281,7 @@ def reprovision(cfg, zone, metadata=None):
     zone["services"][SVC] = {"enabled": True}
     zones.save(cfg, zone)
     start_service(cfg, zone)
+    wait_pg(cfg, zone)
     return zones.get(cfg, zone["uuid"])
 
 

@@ -218,6 +218,22 @@ def conninfo(port, app_name, host=HOST):
             "connect_timeout=60")
 
 
+def override_settings(overrides):
+    """PG_CONFIG_OVERRIDES -> settings: manatee's sections ``common``, the
+    major version, then the full version, in that order; plain (non-object)
+    keys at the top level are taken as settings too."""
+    out = {}
+    ov = overrides or {}
+    for k, v in ov.items():
+        if not isinstance(v, dict):
+            out[k] = v
+    full = sorted(k for k in ov if k.startswith(PG_MAJOR + ".") and isinstance(ov[k], dict))
+    for section in ["common", PG_MAJOR, *full]:
+        if isinstance(ov.get(section), dict):
+            out.update(ov[section])
+    return out
+
+
 def render_conf(port, socket_dir, role, sync_name=None, upstream_port=None,
                 app_name=None, overrides=None):
     """postgresql.conf for role 'primary' or 'standby'."""
@@ -232,14 +248,14 @@ def render_conf(port, socket_dir, role, sync_name=None, upstream_port=None,
         "hot_standby": True,
         "max_wal_senders": 15,
         "max_replication_slots": 10,
-        "wal_keep_size": "256MB",
+        "wal_keep_size": "512MB",
         "wal_receiver_status_interval": "1s",
         "wal_retrieve_retry_interval": "1s",
         "hot_standby_feedback": False,
         "fsync": True,
         "full_page_writes": True,
         "checkpoint_timeout": "5min",
-        "max_wal_size": "256MB",
+        "max_wal_size": "1GB",
         "min_wal_size": "80MB",
         "logging_collector": False,
         "log_destination": "stderr",
@@ -264,9 +280,8 @@ def render_conf(port, socket_dir, role, sync_name=None, upstream_port=None,
         s["recovery_target_timeline"] = "latest"
     else:
         raise ValueError(f"role {role!r}")
-    for section in ("common", PG_MAJOR):
-        for k, v in ((overrides or {}).get(section) or {}).items():
-            s[k] = v
+    for k, v in override_settings(overrides).items():
+        s[k] = v
     lines = ["# written by the manta_lab sitter; regenerated at every reconfiguration"]
     lines += [f"{k} = {_quote(v)}" for k, v in s.items()]
     return "\n".join(lines) + "\n"

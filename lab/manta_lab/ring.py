@@ -20,7 +20,6 @@ Helpers used by electric-moray setup, the ring swap, the seeder and tests:
 """
 import datetime
 import hashlib
-import io
 import json
 import os
 import shutil

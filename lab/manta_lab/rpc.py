@@ -322,3 +322,15 @@ def wait_ping(url, timeout=20.0, proc_alive=None):
         time.sleep(0.05)
     c.close()
     return False
+
+
+def log_tail(path, n=5):
+    """The last lines of a log, for error messages."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 4096))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return " | ".join(l.strip() for l in lines[-n:] if l.strip())

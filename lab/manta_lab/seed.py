@@ -9,7 +9,7 @@ What gets written (reference/evacuate.md §1.3):
   objectId, etag, type, contentLength, contentMD5 (base64 md5 of the real
   bytes), contentType, mtime, headers, roles, vnode, and two ``sharks`` in
   different datacenters; the bytes are stored on both sharks at
-  ``<root>/<owner>/<objectId>`` (sizes vary, 0.1-4 KiB);
+  ``<root>/<owner>/<objectId>`` (sizes vary, 32 B - 2 KiB);
 * two snaplinked objects (``creator`` = the original owner ≠ ``owner``, same
   objectId; the bytes stay at ``<root>/<creator>/<objectId>``);
 * three zero-byte objects (``contentLength`` 0, ``sharks: []``, no file);
@@ -211,7 +211,7 @@ class Plan:
             n = min(self.per_dir, self.objects - made)
             for j in range(n):
                 ext, ct = CONTENT_TYPES[(di + j) % len(CONTENT_TYPES)]
-                size = rng.choice((128, 512, 1024, 1536, 2048, 4096)) - rng.randrange(0, 96)
+                size = rng.choice((96, 256, 512, 1024, 2048)) - rng.randrange(0, 64)
                 v = self.obj(f"{dkey}/file-{j:04d}.{ext}", o, size, content_type=ct)
                 first_objs.setdefault(o, v)
                 yield "obj", v, o
@@ -307,13 +307,21 @@ def _storage_nodes(cfg):
     return sorted(nodes, key=lambda n: n["storage_id"])
 
 
-def run(cfg, objects=20000, via_rpc=None, per_dir=50, seed=None, progress=None):
+def run(cfg, objects=20000, via_rpc=False, per_dir=50, seed=None, progress=None, path=None):
     """Seed ``objects`` objects (plus directories and the special records).
-    Returns a report dict (counts per shard and storage node, timing)."""
-    if not isinstance(objects, int) or objects < 1:
+
+    ``via_rpc=True`` (or ``path="rpc"``) writes everything through
+    electric-moray; ``path="copy"`` forces the fast path; by default small
+    runs (< RPC_THRESHOLD objects) go through electric-moray, larger ones
+    take the fast path. Returns a report dict (counts per shard and storage
+    node, timing)."""
+    if not isinstance(objects, int) or isinstance(objects, bool) or objects < 1:
         raise LabError("seed", f"objects must be an integer >= 1, got {objects!r}")
-    if via_rpc is None:
-        via_rpc = objects < RPC_THRESHOLD
+    if path not in (None, "copy", "rpc"):
+        raise LabError("seed", f"path must be 'copy' or 'rpc', got {path!r}")
+    if path is None:
+        path = "rpc" if via_rpc or objects < RPC_THRESHOLD else "copy"
+    via_rpc = path == "rpc"
     t0 = time.monotonic()
     run_id = uuidlib.uuid4().hex[:8]
     rng = random.Random(seed if seed is not None else run_id)

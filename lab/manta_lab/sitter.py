@@ -31,8 +31,8 @@ Behaviour (details and deviations in docs/lab-manatee.md):
 - SIGTERM: postgres is stopped (immediate mode: no shutdown checkpoint),
   the ZooKeeper session is closed (the election node vanishes at once) and
   the sitter exits 0;
-- a malformed state or election node is fatal, as in manatee: postgres is
-  stopped and the peer leaves the election until the state is valid again.
+- a malformed state or election node is fatal, as in manatee (where the
+  sitter crash-loops under SMF): postgres is stopped until it is fixed.
 
 A status server on the backup port answers ``GET /ping``, ``/state`` and
 ``/restore`` like manatee's status server (§2.14), and ``<zone>/sitter.json``
@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,6 +60,7 @@ from . import config, postgres, zones
 # killed with SIGKILL leaves its election node behind for this long.
 SESSION_TIMEOUT = float(os.environ.get("MANTA_LAB_ZK_SESSION_TIMEOUT", "5"))
 TICK = 1.0                   # re-evaluate at least this often
+HEALTH_INTERVAL = 5.0        # probe a healthy postgres this often (manatee: 10 s)
 PG_READY_TIMEOUT = 60.0
 PEER_FIELDS = ("id", "ip", "pgUrl", "zoneId", "backupUrl")
 STATE_KEYS = ("generation", "primary", "sync", "async", "deposed", "initWal", "freeze")
@@ -297,7 +299,6 @@ class Postgres:
         self.port = zone["ports"]["pg"]
         self.log_path = log_path
         self.proc = None
-        self.since = None
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -326,7 +327,6 @@ class Postgres:
                 user=postgres.run_user(), cwd=str(self.data), close_fds=True)
         finally:
             out.close()
-        self.since = time.monotonic()
         log.info("postgres started, pid %d", self.proc.pid)
 
     def wait_ready(self, timeout, abort=lambda: False):
@@ -397,6 +397,7 @@ class Sitter:
         self.election_cache = {}
         self.restore = None
         self.last_check = None
+        self.last_probe = 0.0
         self.pg_error = None
         self.status_written = None
 
@@ -456,15 +457,6 @@ class Sitter:
         log.info("joined election under %s as %s", self.shard_path, self.node)
         self.write_status()
 
-    def leave_election(self):
-        if self.node and self.zk and self.zk.connected:
-            try:
-                self.zk.delete(f"{self.p['election']}/{self.node}")
-                log.info("left the election (%s)", self.node)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        self.node = None
-
     def read_election(self):
         children = self.zk.get_children(self.p["election"])
         named = {}
@@ -495,15 +487,27 @@ class Sitter:
         if not self.connect():
             return self.shutdown()
         from kazoo.recipe.watchers import ChildrenWatch, DataWatch
-        self.zk.ensure_path(self.p["election"])
-        self.zk.ensure_path(self.p["history"])
-        DataWatch(self.zk, self.p["state"], lambda *_: self.wake.set())
-        ChildrenWatch(self.zk, self.p["election"], lambda *_: self.wake.set())
+        while not self.stopping:
+            try:
+                self.zk.ensure_path(self.p["election"])
+                self.zk.ensure_path(self.p["history"])
+                DataWatch(self.zk, self.p["state"], lambda *_: self.wake.set())
+                ChildrenWatch(self.zk, self.p["election"], lambda *_: self.wake.set())
+                break
+            except Exception as exc:  # noqa: BLE001 - ZooKeeper went away; retry
+                self.note("zk", "cannot set up watches under %s: %s", self.shard_path, exc,
+                          level=logging.WARNING)
+                time.sleep(TICK)
         while not self.stopping:
             try:
                 self.evaluate()
             except Exception as exc:  # noqa: BLE001 - retry every tick, as manatee does
-                log.exception("evaluation failed: %s", exc)
+                from kazoo.exceptions import KazooException
+                if isinstance(exc, KazooException):
+                    log.warning("evaluation interrupted by ZooKeeper: %s %s",
+                                type(exc).__name__, exc)
+                else:
+                    log.exception("evaluation failed: %s: %s", type(exc).__name__, exc)
                 time.sleep(TICK)
             self.write_status()
             self.wake.wait(TICK)
@@ -530,19 +534,17 @@ class Sitter:
             self.check_pg()
             return
         self.note("zk", "ZooKeeper connected")
+        self.register()
         try:
             state, version = read_state(self.zk, self.shard_path)
             if state is not None:
                 validate_state(state)
-            active = self.read_election() if self.zk.exists(self.p["election"]) else []
+            active = self.read_election()
         except ValueError as exc:
             return self.go_fatal(str(exc))
         if self.fatal:
             log.info("state and election valid again; resuming")
             self.fatal = None
-        self.register()
-        if self.me["id"] not in [p["id"] for p in active]:
-            active = self.read_election()
         if state is None and self.state is not None:
             # manatee does not notice a deleted /state: it keeps its cached copy
             # (and the lab sitter does no ZooKeeper duties until one exists again).
@@ -578,13 +580,18 @@ class Sitter:
             self.reconcile_asyncs(state, active)
 
     def go_fatal(self, msg):
+        """manatee's sitter exits on a malformed state or election node and SMF
+        restarts it in a loop: postgres is down (the contract is killed), the
+        peer stays in the election (each restart registers a new node while
+        the old session lives on). The lab sitter stays in that condition,
+        re-reading every second, until the state is valid again."""
         if self.fatal != msg:
-            log.error("fatal: %s: stopping postgres and leaving the election until it is fixed", msg)
+            log.error("fatal: %s: postgres stopped until this is fixed", msg)
         self.fatal = msg
         self.role = "fatal"
-        self.pg.stop("immediate")
+        if self.pg.running():
+            self.pg.stop("immediate")
         self.applied = None
-        self.leave_election()
 
     def desired(self, state):
         """(postgres config, role name) for the current state."""
@@ -650,7 +657,7 @@ class Sitter:
             return True
         host, port = url_port(self.state["primary"]["pgUrl"])
         log.info("no data: full restore (pg_basebackup) from the primary %s:%s", host, port)
-        self.restore = {"uuid": f"{time.time():.0f}", "host": host, "port": port,
+        self.restore = {"uuid": str(uuid.uuid4()), "host": host, "port": port,
                         "dataset": data, "done": False, "size": None, "completed": None}
         try:
             postgres.basebackup(data, port, logf, "sitter")
@@ -713,10 +720,20 @@ class Sitter:
         return "stopped"
 
     def check_health(self):
-        if self.applied and self.applied["role"] != "none":
-            ok = postgres.ping(self.pg.port, timeout=1)
-            self.pg_error = None if ok else "postgres not answering"
-            self.last_check = now_iso()
+        """Probe postgres: every HEALTH_INTERVAL, or every tick while not healthy."""
+        if not self.applied or self.applied["role"] == "none":
+            return
+        now = time.monotonic()
+        if self.pg_error is None and now - self.last_probe < HEALTH_INTERVAL:
+            return
+        self.last_probe = now
+        ok = postgres.ping(self.pg.port, timeout=1)
+        if ok and self.pg_error:
+            log.info("postgres answering (%s)", self.describe(self.applied))
+        elif not ok and not self.pg_error:
+            log.warning("postgres not answering on port %s", self.pg.port)
+        self.pg_error = None if ok else "postgres not answering"
+        self.last_check = now_iso()
 
     # -- ZooKeeper duties --------------------------------------------------------
     def try_takeover(self, state, active_ids):

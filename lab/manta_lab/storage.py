@@ -134,6 +134,7 @@ def provision(cfg, server_uuid=None, zuuid=None, metadata=None, index=None):
           "STORAGE_MORAY_SHARD": cfg.shard_name(1), "CAPACITY_MB": DEFAULT_CAPACITY_MB,
           "MINNOW_INTERVAL": DEFAULT_INTERVAL, "SERVICE_NAME": f"stor.{cfg.domain}"}
     md.update(metadata or {})
+    md["DATACENTER"] = server["datacenter"]     # the zone is where its server is
     zd = cfg.zones_dir / zuuid
     zone = zones.create(
         cfg, KIND, f"{k}.storage-{zuuid[:8]}", SERVICES, zuuid=zuuid, index=k,
@@ -144,8 +145,12 @@ def provision(cfg, server_uuid=None, zuuid=None, metadata=None, index=None):
                "nginx_log": str(cfg.log(f"storage-{k}-nginx")),
                "minnow_log": str(cfg.log(f"storage-{k}-minnow"))},
         metadata=md)
-    for svc in SERVICES:
-        start_service(cfg, zone, svc)
+    try:
+        for svc in SERVICES:
+            start_service(cfg, zone, svc)
+    except BaseException:
+        destroy(cfg, zone)    # a zone that failed setup is not left behind
+        raise
     return zone
 
 
@@ -237,8 +242,10 @@ def start_service(cfg, zone, svc):
         procs.spawn(cfg, name, [NGINX, "-p", p["prefix"], "-c", p["conf"], "-e", p["nginx_log"]],
                     log=p["nginx_log"])
         if not _wait_http(zone["ports"]["http"], 15, lambda: procs.alive(cfg, name)):
+            from .rpc import log_tail
             raise LabError(f"storage {zone['alias']} nginx",
-                           f"not answering on {HOST}:{zone['ports']['http']}", p["nginx_log"])
+                           f"not answering on {HOST}:{zone['ports']['http']}: "
+                           f"{log_tail(p['nginx_log'])}", p["nginx_log"])
     elif svc == "minnow":
         procs.spawn(cfg, name, [sys.executable, "-m", "manta_lab.minnow",
                                 "--home", cfg.home, "--zone", zone["uuid"]],

@@ -37,7 +37,8 @@ options:
     description:
       - Seconds to wait for a connection and for each answer of a normal API
         call. Long operations (provisioning, reprovisioning, uploads) use
-        their own O(wait_timeout) where the module has one.
+        their own timeout option where the module has one
+        (C(wait_timeout), C(transfer_timeout)).
     type: float
     default: 30
   api_retries:

@@ -24,6 +24,7 @@ optional import, see ``HAS_REQUESTS``) are used, so AnsiballZ can ship this.
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 
@@ -104,8 +105,8 @@ class ApiError(Exception):
 
 def _fmt_field_error(e):
     if isinstance(e, dict):
-        return "{0} {1}{2}".format(e.get("field", "?"), e.get("code", "?"),
-                                  (": " + e["message"]) if e.get("message") else "")
+        msg = (": " + e["message"]) if e.get("message") else ""
+        return "{0} {1}{2}".format(e.get("field", "?"), e.get("code", "?"), msg)
     return str(e)
 
 
@@ -248,12 +249,13 @@ class ApiClient:
 
     # --------------------------------------------------------------- helpers
     def get(self, path, params=None, **kw):
+        kw.setdefault("expect", (200,))
         return self.request("GET", path, params=params, **kw)
 
     def get_or_none(self, path, params=None, **kw):
         """GET that returns None on 404 / ResourceNotFound."""
         try:
-            return self.request("GET", path, params=params, **kw)
+            return self.get(path, params=params, **kw)
         except ApiError as exc:
             if exc.not_found:
                 return None
@@ -262,7 +264,7 @@ class ApiClient:
     def get_list(self, path, params=None, **kw):
         """GET a list endpoint; a 404 is treated as an empty list (SAPI docs)."""
         try:
-            res = self.request("GET", path, params=params, **kw)
+            res = self.get(path, params=params, **kw)
         except ApiError as exc:
             if exc.status == 404:
                 return []
@@ -288,12 +290,14 @@ def _snippet(content, limit=200):
 
 
 def _short(exc):
+    """The innermost reason of a requests/urllib3 connection error."""
     text = str(exc)
-    # requests wraps urllib3 errors verbosely; keep the innermost reason.
-    for marker in ("Errno", "Connection refused", "Name or service not known", "timed out"):
-        i = text.find(marker)
-        if i >= 0:
-            return text[max(0, i - 1):][:160].strip("[]() ")
+    m = re.search(r"\[Errno -?\d+\] [^'\"\])]+", text)
+    if m:
+        return m.group(0).strip()
+    for marker in ("Name or service not known", "timed out", "Connection refused", "Connection reset"):
+        if marker in text:
+            return marker
     return text[:200]
 
 

@@ -141,10 +141,11 @@ def image_view(image):
     """A compact view of an image for results and diffs."""
     if image is None:
         return None
-    return {k: image.get(k) for k in ("uuid", "name", "version", "owner", "state", "type", "os",
-                                       "tags", "published_at")} | {
-        "files": [{k: f.get(k) for k in ("sha1", "size", "compression")}
-                  for f in (image.get("files") or []) if isinstance(f, dict)]}
+    keys = ("uuid", "name", "version", "owner", "state", "type", "os", "tags", "published_at")
+    view = {k: image.get(k) for k in keys}
+    view["files"] = [{k: f.get(k) for k in ("sha1", "size", "compression")}
+                     for f in (image.get("files") or []) if isinstance(f, dict)]
+    return view
 
 
 class ImgapiClient(ApiClient):
@@ -182,6 +183,12 @@ class ImgapiClient(ApiClient):
             params["sha1"] = sha1
         if size is None:
             size = os.path.getsize(path)
+        if size == 0:
+            # requests would announce an empty file object as chunked
+            # (Transfer-Encoding) next to our Content-Length: send no stream.
+            return self.request("PUT", f"/images/{uuid}/file", params=params, data=b"",
+                                headers={"Content-Type": "application/octet-stream"},
+                                expect=(200,), timeout=timeout)
         with open(path, "rb") as fh:
             # PUT of the same bytes is idempotent; the handle is rewound on retry.
             return self.request("PUT", f"/images/{uuid}/file", params=params, data=fh,

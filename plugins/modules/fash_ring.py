@@ -39,9 +39,10 @@ options:
     type: list
     elements: str
   algorithm:
-    description: Hash algorithm of a new ring. An existing ring must use the same algorithm.
+    description:
+      - Hash algorithm of a new ring (V(sha256) when not given). When given, an existing ring must use the
+        same algorithm.
     type: str
-    default: sha256
     choices: [sha256, sha-256, SHA256, SHA-256, sha1, sha-1, SHA1, SHA-1, md5, MD5]
   remap:
     description:
@@ -221,7 +222,7 @@ def main():
             path=dict(type="path", required=True),
             vnodes=dict(type="int"),
             pnodes=dict(type="list", elements="str"),
-            algorithm=dict(type="str", default="sha256", choices=ALGORITHMS),
+            algorithm=dict(type="str", choices=ALGORITHMS),
             remap=dict(type="list", elements="dict", default=[], options=dict(
                 vnodes=dict(type="raw", required=True),
                 pnode=dict(type="str", required=True),

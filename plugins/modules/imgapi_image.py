@@ -18,7 +18,7 @@ description:
     if adding its file or activating it fails, as C(sdc-imgadm) does.
   - V(downloaded) saves an image's file (C(GET /images/:uuid/file)) to
     O(dest), verifying its sha1, unless O(dest) already holds it.
-  - V(list) returns images by name, owner, tags and state.
+  - V(query) returns images by name, owner, tags and state.
   - V(absent) deletes an image.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -35,13 +35,13 @@ options:
   state:
     description: What to do (see the description).
     type: str
-    choices: [present, absent, downloaded, list]
+    choices: [present, absent, downloaded, query]
     default: present
   uuid:
     description:
       - V(present), the uuid to import the image under (default the
         manifest's C(uuid), else a new random uuid).
-      - V(absent), V(downloaded), the image to act on; V(list), return only
+      - V(absent), V(downloaded), the image to act on; V(query), return only
         this image.
     type: str
   manifest:
@@ -77,16 +77,16 @@ options:
     description: Where V(downloaded) writes the file. Written to a temporary file, checked, then renamed.
     type: path
   name:
-    description: V(list) filter, exact name (IMGAPI C(~) prefix for a substring).
+    description: V(query) filter, exact name (IMGAPI C(~) prefix for a substring).
     type: str
   owner:
-    description: V(list) filter, owner uuid.
+    description: V(query) filter, owner uuid.
     type: str
   tags:
-    description: V(list) filter, every tag must be present with this value.
+    description: V(query) filter, every tag must be present with this value.
     type: dict
   image_state:
-    description: V(list) filter on the image state.
+    description: V(query) filter on the image state.
     type: str
     choices: [active, unactivated, disabled, all]
     default: all
@@ -95,7 +95,7 @@ options:
     type: int
     default: 3600
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -115,7 +115,7 @@ EXAMPLES = r"""
 
 - name: Find this plan's ring image
   manta.ops.imgapi_image:
-    state: list
+    state: query
     name: manta-hash-ring
     owner: "{{ poseidon_uuid }}"
     tags: {manta_reshard_plan: "{{ plan_uuid }}"}
@@ -131,12 +131,12 @@ EXAMPLES = r"""
 RETURN = r"""
 image:
   description: The image after the run (predicted in check mode).
-  returned: success, except with state list
+  returned: success, except with state query
   type: dict
   sample: {"uuid": "2c0a...", "name": "manta-hash-ring", "state": "active", "files": [{"sha1": "9f0e...", "size": 1024, "compression": "gzip"}]}
 uuid:
   description: Uuid of the image.
-  returned: success, except with state list
+  returned: success, except with state query
   type: str
 steps:
   description: The steps run (or that would run in check mode), among import, add_file, activate, delete, download.
@@ -148,8 +148,8 @@ reused:
   returned: state is present
   type: bool
 images:
-  description: The images found by V(list).
-  returned: state is list
+  description: The images found by V(query).
+  returned: state is query
   type: list
   elements: dict
 dest:
@@ -257,6 +257,8 @@ class Runner:
         except I.ImageError as exc:
             self.fail(str(exc))
         sha1, size = I.sha1_file(p["file"])
+        if size == 0:
+            self.fail(f"file {p['file']} is empty; IMGAPI refuses a 0-byte image file (400 Download)")
         self.result["sha1"] = sha1
         mfiles = manifest.get("files") or []
         if mfiles and isinstance(mfiles[0], dict) and mfiles[0].get("sha1") and mfiles[0]["sha1"] != sha1:
@@ -342,7 +344,7 @@ class Runner:
                 self.result["changed"] = False
                 self.api_fail(exc, f"IMGAPI could not delete image {p['uuid']}")
 
-    def list(self):
+    def query(self):
         p = self.p
         try:
             if p["uuid"]:
@@ -350,7 +352,7 @@ class Runner:
                 images = [one] if one else []
             else:
                 images = self.client.list_images(name=p["name"], owner=p["owner"],
-                                                  state=p["image_state"], tags=p["tags"])
+                                                 state=p["image_state"], tags=p["tags"])
         except ApiError as exc:
             self.api_fail(exc, "cannot list images")
         self.result["images"] = [I.image_view(i) for i in images]
@@ -402,7 +404,7 @@ class Runner:
 def main():
     spec = triton_argument_spec("imgapi")
     spec.update(
-        state=dict(type="str", default="present", choices=["present", "absent", "downloaded", "list"]),
+        state=dict(type="str", default="present", choices=["present", "absent", "downloaded", "query"]),
         uuid=dict(type="str"),
         manifest=dict(type="dict"),
         manifest_path=dict(type="path"),

@@ -79,7 +79,7 @@ options:
     type: bool
     default: false
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""

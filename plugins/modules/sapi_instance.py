@@ -126,7 +126,6 @@ options:
     description: Instance metadata key holding the reprovision marker.
     type: str
     default: MANTA_OPS_REPROVISION
-    no_log: false
   wait:
     description:
       - Wait for provisioning to finish. With O(vmapi_url), creation is sent
@@ -150,7 +149,7 @@ notes:
     bad O(image_uuid) or O(server_uuid) is reported as the provisioning
     error (C(ProvisionFailedError)), and SAPI removes the failed instance.
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""

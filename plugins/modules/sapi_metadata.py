@@ -14,7 +14,7 @@ description:
     C(SHARD)/C(SERVICE_NAME) on a postgres instance.
   - SAPI never says whether a C(PUT) changed anything; this module reads the
     object first, computes the change itself and only writes the keys whose
-    value differs. A second identical run reports RV(changed=false).
+    value differs. A second identical run reports C(changed=false).
   - An optional compare-and-swap guard O(expected) changes keys only if they
     still hold the values the caller last saw. A key that already holds its
     new value counts as done. SAPI has no etag, so the guard is checked on a
@@ -57,7 +57,7 @@ options:
       - V(absent) deletes the keys listed in O(keys) (or the keys of
         O(metadata)).
       - V(read) changes nothing and returns the metadata, and in
-        RV(values) the keys listed in O(keys).
+        RV(key_values) the keys listed in O(keys).
     type: str
     choices: [present, absent, read]
     default: present
@@ -71,10 +71,9 @@ options:
   keys:
     description:
       - With O(state=absent), the metadata keys to delete.
-      - With O(state=read), the keys to return in RV(values).
+      - With O(state=read), the keys to return in RV(key_values).
     type: list
     elements: str
-    no_log: false
   params:
     description:
       - Params keys to set in the same update (shallow per-key merge), for
@@ -97,7 +96,7 @@ options:
     type: bool
     default: false
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -157,7 +156,7 @@ metadata:
   returned: success
   type: dict
   sample: {"HASH_RING_IMAGE": "2c0a...", "DOMAIN_NAME": "us-east.example.com"}
-values:
+key_values:
   description:
     - The keys of O(keys) (state read/absent) or O(metadata) (state present)
       that exist after the change, with their values.
@@ -297,7 +296,7 @@ def main():
             new_meta = got
 
     result["metadata"] = S.redact(new_meta)
-    result["values"] = S.redact(S.subset(new_meta, wanted))
+    result["key_values"] = S.redact(S.subset(new_meta, wanted))
     if module._diff:
         before = {"metadata": S.redact(S.subset(meta, mkeys))}
         after = {"metadata": S.redact(S.subset(new_meta, mkeys))}

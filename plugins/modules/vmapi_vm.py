@@ -68,7 +68,7 @@ options:
     type: float
     default: 5
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""

@@ -1,15 +1,18 @@
 """The lab's data plane against real processes: moray, electric-moray, storage
 nodes (nginx + minnow), the ring in IMGAPI/SAPI, `lab seed` and `lab load`.
 
-One lab for the module (its own LAB_HOME under pytest's tmp dir, base port
-34400, domain example.com so that the routing vectors' pnodes
-``tcp://N.moray.example.com:2020`` are lab shards). Everything it starts is
+One lab for the module: its own LAB_HOME in a temp dir, base port 27000 (or
+the next free one, below the kernel's ephemeral range; $LAB_TEST_DATAPLANE_PORT
+overrides), domain example.com so that the routing vectors' pnodes
+``tcp://N.moray.example.com:2020`` are lab shards. Everything it starts is
 stopped by pid at the end.
 """
 import base64
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -23,7 +26,10 @@ from manta_lab import (apis, config, emoray, load, moray, procs, ring, rpc, seed
 
 pytestmark = pytest.mark.timeout(600)
 
-BASE_PORT = int(os.environ.get("LAB_TEST_DATAPLANE_PORT", "34400"))
+# Below the kernel's ephemeral range (32768-60999 here): a listening port in
+# that range can be taken at any moment by some client connection's local port,
+# which made restarts of electric-moray fail at random with EADDRINUSE.
+BASE_PORT = int(os.environ.get("LAB_TEST_DATAPLANE_PORT", "27000"))
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "emoray_routing_ro4.jsonl"
 if not VECTORS.exists():
     VECTORS = Path("/work/shared/vectors/emoray_routing_ro4.jsonl")
@@ -34,10 +40,27 @@ def _fash():
     return fash
 
 
+def _free_base():
+    """BASE_PORT, or the next base (in steps of 50) whose fixed ports are all
+    free and whose port block stays below the ephemeral range."""
+    elo, _ = config.ephemeral_range()
+    top = min(elo - (config.DYNAMIC_BASE + config.DYNAMIC_SIZE), BASE_PORT + 1000)
+    for base in range(BASE_PORT, max(top, BASE_PORT + 1), 50):
+        c = config.LabConfig(home="/nonexistent", base_port=base, emorays=2, storage_nodes=4)
+        fixed = [c.port(n) for n in config.PORT_OFFSETS]
+        fixed += [c.emoray_port(i) for i in (1, 2)] + [c.emoray_status_port(i) for i in (1, 2)]
+        fixed += [c.storage_port(k) for k in range(1, 5)]
+        if all(config.port_free(p) for p in fixed):
+            return base
+    pytest.skip(f"no free base port from {BASE_PORT}; set LAB_TEST_DATAPLANE_PORT")
+
+
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    home = tmp_path_factory.mktemp("lab-dataplane")
-    cfg = config.LabConfig(home=str(home), base_port=BASE_PORT, shards=2, emorays=2,
+def lab():
+    # Not pytest's tmp dir: it is 0700 root, and postgres runs as its own user.
+    home = tempfile.mkdtemp(prefix="manta-lab-dataplane-")
+    os.chmod(home, 0o755)
+    cfg = config.LabConfig(home=str(home), base_port=_free_base(), shards=2, emorays=2,
                            storage_nodes=4, vnodes=256, domain="example.com")
     cfg.save()
     try:
@@ -63,6 +86,8 @@ def lab(tmp_path_factory):
         zookeeper.stop(cfg)
         for name in procs.names(cfg):
             procs.stop(cfg, name)
+        if not os.environ.get("LAB_TEST_KEEP"):
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def em_zone(cfg, i):
@@ -382,6 +407,50 @@ def test_emoray_routing_vectors(lab, tmp_path):
     assert st["ring"]["image_uuid"] == old and st["ring"]["hash"] == em_status(lab, 1)["ring"]["hash"]
 
 
+def test_emoray_setup_needs_sapi_ring_keys(lab):
+    md = app_md(lab)
+    keep = {k: md[k] for k in ("HASH_RING_IMAGE", "HASH_RING_IMGAPI_SERVICE")}
+    ring.set_app_metadata(lab, {"HASH_RING_IMAGE": None}, action="delete")
+    try:
+        with pytest.raises(config.LabError) as ei:
+            emoray.provision(lab, index=9)
+        assert "HASH_RING_IMAGE missing" in str(ei.value)
+        assert not [z for z in zones.all_zones(lab, kind=emoray.KIND) if z["index"] == 9]
+    finally:
+        ring.set_app_metadata(lab, keep)
+    assert app_md(lab)["HASH_RING_IMAGE"] == keep["HASH_RING_IMAGE"]
+
+
+def test_emoray_manual_ring_swap_steps(lab, tmp_path):
+    """The plain steps a role runs (reshard.md §3.4) with svcadm, curl-like
+    download, tar and mv; a ring without a stamp reports no image."""
+    import subprocess
+    fash = _fash()
+    z = em_zone(lab, 1)
+    before = em_status(lab, 1)
+    old_image = before["ring"]["image_uuid"]
+    src = tmp_path / "hash_ring"
+    fash.create_ring(str(src), [lab.pnode(lab.shard_name(n)) for n in (1, 2)], 64)
+    tgz = tmp_path / "r.tgz"
+    ring.tar_ring(src, tgz)
+    hashdir = emoray.describe(lab)[0]["ring"]
+    zones.svcadm(lab, z, "disable", emoray.SVC)
+    assert emoray.service_state(lab, zones.get(lab, z["uuid"]), emoray.SVC) == "disabled"
+    subprocess.run(["rm", "-rf", hashdir + ".new"], check=True)
+    os.mkdir(hashdir + ".new")
+    subprocess.run(["tar", "-xzf", str(tgz), "-C", hashdir + ".new", "--strip-components=1",
+                    "hash_ring"], check=True)
+    subprocess.run(f"rm -rf {hashdir}.old && mv {hashdir} {hashdir}.old && rm -rf {hashdir}.old "
+                   f"&& mv {hashdir}.new {hashdir}", shell=True, check=True)
+    zones.svcadm(lab, z, "enable", emoray.SVC)
+    st = emoray.wait_status(z)
+    assert st["ring"]["vnodes"] == 64 and st["ring"]["image_uuid"] is None
+    assert st["ring"]["stamp"] is None and st["ring"]["hash"] != before["ring"]["hash"]
+    assert st["pid"] != before["pid"]
+    st = emoray.install_ring(lab, z, old_image)
+    assert st["ring"]["hash"] == before["ring"]["hash"] and st["ring"]["image_uuid"] == old_image
+
+
 def test_emoray_readonly_shard(lab):
     s1, s2 = lab.shard_name(1), lab.shard_name(2)
     c1, c2 = em_client(lab, 1), em_client(lab, 2)
@@ -478,8 +547,6 @@ def _check_seeded(cfg, prefixes):
 
 
 def _ring_copy(cfg, st):
-    import shutil
-    import tempfile
     d = tempfile.mkdtemp(dir=cfg.home, prefix="ringcopy-")
     dst = os.path.join(d, "hash_ring")
     os.makedirs(dst)
@@ -490,7 +557,7 @@ def _ring_copy(cfg, st):
 
 
 def test_seed_copy_path_routes_like_electric_moray(lab):
-    rep = seed.run(lab, 2000, via_rpc=False)
+    rep = seed.run(lab, 2000, path="copy")
     assert rep["path"] == "copy" and rep["objects"] == 2000
     assert rep["ring"]["hash"] == em_status(lab, 1)["ring"]["hash"]
     assert all(n > 0 for n in rep["rows_per_shard"].values())
@@ -539,6 +606,19 @@ def test_load_and_verify_no_lost_writes(lab):
     assert res["ok"], res
     assert res["acknowledged_writes"] == rep["writes_ok"] + rep["dir_writes"]
     assert res["counts"] == {}
+    # an electric-moray restarting under load: requests go to the other one,
+    # and nothing acknowledged is lost
+    log2 = os.path.join(lab.home, "load-restart.log")
+    out = {}
+    import threading
+    t = threading.Thread(target=lambda: out.update(load.run(lab, 100, 4, log2)))
+    t.start()
+    time.sleep(1.5)
+    zones.svcadm(lab, em_zone(lab, 2), "restart", emoray.SVC)
+    t.join()
+    assert out["writes_ok"] > 150, out
+    res2 = load.verify(lab, log2)
+    assert res2["ok"], res2
     # verify notices a lost write: delete one key behind electric-moray's back
     victim = next(x["key"] for x in lines if x["op"] == "put" and "/w" in x["key"])
     host = urlsplit(next(x["pnode"] for x in lines if x["key"] == victim)).hostname

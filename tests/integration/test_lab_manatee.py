@@ -1,7 +1,7 @@
 """The lab's manatee tier against a real ZooKeeper and real PostgreSQL 15.
 
 One module-scoped lab (its own LAB home under /var/tmp, base port
-$LAB_MANATEE_TEST_BASE_PORT, default 30000): ZooKeeper plus two shards of
+$LAB_MANATEE_TEST_BASE_PORT or the first free one from 30000): ZooKeeper plus two shards of
 three peers. Tests run in file order and build on each other: shard 2 is the
 one whose primary is taken away (freeze / takeover), shard 1 grows new peers
 that are detached tail-first into a new shard 3, as reshard phases 4 and
@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,7 +22,16 @@ from kazoo.client import KazooClient
 
 from manta_lab import config, peer, postgres, procs, schema, shard, sitter, zones, zookeeper
 
-BASE_PORT = int(os.environ.get("LAB_MANATEE_TEST_BASE_PORT", "30000"))
+def _base_port():
+    """$LAB_MANATEE_TEST_BASE_PORT, else the first base in 30000-30900 whose
+    ZooKeeper port and first dynamic ports (peers) are free."""
+    if os.environ.get("LAB_MANATEE_TEST_BASE_PORT"):
+        return int(os.environ["LAB_MANATEE_TEST_BASE_PORT"])
+    for base in range(30000, 31000, 100):
+        probe = [base] + list(range(base + config.DYNAMIC_BASE, base + config.DYNAMIC_BASE + 60))
+        if all(config.port_free(p) for p in probe):
+            return base
+    raise RuntimeError("no free base port in 30000-30900; set LAB_MANATEE_TEST_BASE_PORT")
 NODE_RE = re.compile(r"^127\.0\.0\.1:(\d+):(\d+)-(\d{10})$")
 PEER_KEYS = {"id", "ip", "pgUrl", "zoneId", "backupUrl"}
 
@@ -106,10 +114,7 @@ def in_state(st, zone_uuid):
 def mlab():
     home = tempfile.mkdtemp(prefix="manatee-test-", dir="/var/tmp")
     os.chmod(home, 0o755)
-    cfg = config.LabConfig(home=home, base_port=BASE_PORT, shards=2)
-    for port in (cfg.port("zookeeper"),):
-        if not config.port_free(port):
-            pytest.skip(f"port {port} busy; set LAB_MANATEE_TEST_BASE_PORT")
+    cfg = config.LabConfig(home=home, base_port=_base_port(), shards=2)
     cfg.save()
     ctx = Ctx(cfg)
     try:
@@ -126,13 +131,18 @@ def mlab():
               f"2 shards x 3 peers {ctx.timings['shards']:.2f}s")
         yield ctx
     finally:
+        t0 = time.monotonic()
         for z in zones.all_zones(cfg):
             zones.stop(cfg, z)
+        t1 = time.monotonic()
         zookeeper.stop(cfg)
         for name in procs.names(cfg):
             procs.stop(cfg, name)
+        t2 = time.monotonic()
         if not os.environ.get("LAB_TEST_KEEP"):
             shutil.rmtree(home, ignore_errors=True)
+        print(f"\nteardown: zones {t1 - t0:.2f}s, zookeeper {t2 - t1:.2f}s, "
+              f"rm {time.monotonic() - t2:.2f}s")
 
 
 # ---- bring-up and layout --------------------------------------------------------
@@ -530,6 +540,64 @@ def test_sitter_restart_keeps_roles(mlab):
     time.sleep(sitter.SESSION_TIMEOUT + 1)           # the old session has expired by now
     assert mlab.state(new)["generation"] == st0["generation"]
     assert mlab.state(new)["primary"] == st0["primary"]
+
+
+def test_crashed_primary_is_replaced_after_session_expiry(mlab):
+    """kill -9 of the primary's sitter (and with it postgres): the election node
+    outlives it until the session expires, then the sync takes over; every
+    acknowledged (synchronously replicated) write is on the new primary."""
+    cfg, name = mlab.cfg, mlab.name(1)
+    st0 = mlab.state(1)
+    assert not st0.get("freeze")
+    p, s, a = (mlab.zone(x) for x in (st0["primary"], st0["sync"], st0["async"][0]))
+    for i in range(20):
+        put_row(p["ports"]["pg"], f"/o1/stor/crash/{i}")
+    t0 = time.monotonic()
+    procs.kill(cfg, peer.proc(p))
+    assert not postgres.ping(p["ports"]["pg"])
+    time.sleep(1)
+    assert mlab.state(1)["generation"] == st0["generation"]    # session still alive
+    st = wait_for("takeover after session expiry",
+                  lambda: (x := mlab.state(1))["generation"] == st0["generation"] + 1 and x,
+                  sitter.SESSION_TIMEOUT + 15)
+    assert time.monotonic() - t0 >= sitter.SESSION_TIMEOUT - 1
+    assert st["primary"]["zoneId"] == s["uuid"] and st["sync"]["zoneId"] == a["uuid"]
+    assert [d["zoneId"] for d in st["deposed"]] == [p["uuid"]]
+    shard.wait_healthy(cfg, name, 30)
+    for i in range(20):
+        assert has_row(s["ports"]["pg"], f"/o1/stor/crash/{i}")
+    # the crashed zone's service is still enabled: SMF would restart it; it comes back deposed
+    assert peer.service_state(cfg, p) == "offline"
+    zones.start(cfg, zones.get(cfg, p["uuid"]))
+    wait_for("deposed", lambda: (sitter_status(cfg, p) or {}).get("role") == "deposed", 10)
+
+
+def test_malformed_state_is_fatal_until_fixed(mlab):
+    """As in manatee, every sitter of the shard refuses a malformed state and
+    postgres goes down (manatee's sitters crash-loop); a valid state brings
+    them back with their roles."""
+    cfg, name = mlab.cfg, mlab.name(2)
+    good = mlab.state(2)
+    live = [mlab.zone(x) for x in sitter.chain(good)]
+    bad = json.loads(json.dumps(good))
+    del bad["primary"]["zoneId"]
+    zk = mlab.zk()
+    try:
+        zk.set(f"/manatee/{name}/state", json.dumps(bad).encode())
+        wait_for("sitters fatal", lambda: all(peer.service_state(cfg, z) == "maintenance"
+                                             for z in live), 10)
+        for z in live:
+            assert not postgres.ping(z["ports"]["pg"])
+        ids = {k.rsplit("-", 1)[0] for k in zk.get_children(f"/manatee/{name}/election")}
+        assert {x["id"] for x in sitter.chain(good)} <= ids
+        assert mlab.state(2) == bad                     # nobody rewrote it
+        zk.set(f"/manatee/{name}/state", json.dumps(good, separators=(",", ":")).encode())
+    finally:
+        zk.stop()
+        zk.close()
+    shard.wait_healthy(cfg, name, 30)
+    assert all(peer.service_state(cfg, z) == "online" for z in live)
+    assert mlab.state(2)["generation"] == good["generation"]
 
 
 def test_stop_all_and_start_keeps_data(mlab):

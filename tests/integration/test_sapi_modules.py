@@ -108,7 +108,7 @@ def test_metadata_set_check_mode_diff_then_real_then_idempotent(apis, app):
     assert "NEW_KEY" not in app_meta(apis, app), "check mode wrote to SAPI"
 
     res = apis.run("sapi_metadata", args)
-    assert res["changed"] is True and res["values"] == {"NEW_KEY": {"a": [1, 2]}, "HASH_RING_IMAGE": "ring-2"}
+    assert res["changed"] is True and res["key_values"] == {"NEW_KEY": {"a": [1, 2]}, "HASH_RING_IMAGE": "ring-2"}
     meta = app_meta(apis, app)
     assert meta["NEW_KEY"] == {"a": [1, 2]} and meta["HASH_RING_IMAGE"] == "ring-2"
     assert meta["INDEX_MORAY_SHARDS"] == app["metadata"]["INDEX_MORAY_SHARDS"], "other keys untouched"
@@ -129,7 +129,7 @@ def test_metadata_delete_and_read(apis, app):
 
     read = apis.run("sapi_metadata", {"application": app["name"], "state": "read",
                                       "keys": ["DOMAIN_NAME", "HASH_RING_IMAGE"]})
-    assert read["changed"] is False and read["values"] == {"DOMAIN_NAME": app["domain"]}
+    assert read["changed"] is False and read["key_values"] == {"DOMAIN_NAME": app["domain"]}
 
 
 def test_metadata_secrets_masked_in_diff_and_result(apis, app):
@@ -181,7 +181,7 @@ def test_metadata_on_service_and_instance_with_params(apis, app, svc):
     assert apis.get("sapi", f"/services/{svc['uuid']}")["metadata"]["SIZE"] == "lab"
     # By bare uuid (kind looked up like sapiadm does).
     res = apis.run("sapi_metadata", {"uuid": svc["uuid"], "state": "read", "keys": ["SIZE"]})
-    assert res["kind"] == "service" and res["values"] == {"SIZE": "lab"}
+    assert res["kind"] == "service" and res["key_values"] == {"SIZE": "lab"}
 
     inst = apis.req("POST", "sapi", "/instances", json={
         "service_uuid": svc["uuid"], "params": {"alias": "scratch-0", "server_uuid": apis.cfg.servers[0]["uuid"]},

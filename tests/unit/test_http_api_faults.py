@@ -5,7 +5,6 @@ input that must fail before any request. Each failure must be clear (name
 what was expected and what was found, with the API's code and message) and
 change nothing (no write request reaches the server)."""
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,7 +25,7 @@ CALLS = {
     "sapi_metadata": ("sapi_url", {"application": "manta", "metadata": {"HASH_RING_IMAGE": IMG}}),
     "sapi_index_shards": ("sapi_url", {"shards": ["2.moray"], "read_only": True}),
     "sapi_instance": ("sapi_url", {"service": "postgres", "tags": {"manta_role": "postgres"}}),
-    "imgapi_image": ("imgapi_url", {"state": "list", "name": "manta-hash-ring"}),
+    "imgapi_image": ("imgapi_url", {"state": "query", "name": "manta-hash-ring"}),
     "vmapi_vm": ("vmapi_url", {"uuid": VM, "state": "running"}),
 }
 
@@ -158,3 +157,34 @@ def test_bad_input_fails_before_any_request(name, args, text):
         assert srv.requests == [], f"{name} called the API despite bad input"
     assert res.get("failed") is True, res
     assert text in res["msg"], res["msg"]
+
+
+def test_imgapi_add_file_500_rolls_back_the_import(tmp_path):
+    """IMGAPI accepts the import, then fails the upload: the image this run
+    imported is deleted again (as sdc-imgadm does) and the failure says so."""
+    f = tmp_path / "ring.tar.gz"
+    f.write_bytes(b"ring bytes")
+    state = {}
+
+    def script(method, path, headers, body):
+        if method == "GET" and path.startswith("/images/"):
+            return 404, {"code": "ResourceNotFound", "message": "image not found"}, None
+        if method == "GET":
+            return 200, [], None
+        if method == "POST" and "action=import" in path:
+            state["image"] = dict(json.loads(body), state="unactivated", files=[])
+            return 200, state["image"], None
+        if method == "PUT":
+            return 500, {"code": "StorageIsDown", "message": "storage backend unavailable"}, None
+        if method == "DELETE":
+            return 204, None, None
+        return 500, {"code": "Unexpected", "message": f"{method} {path}"}, None
+
+    manifest = {"uuid": IMG, "name": "manta-hash-ring", "version": "1", "type": "other", "os": "other"}
+    with FaultServer(script) as srv:
+        res = run("imgapi_image", {"imgapi_url": srv.url, "manifest": manifest, "file": str(f)})
+        calls = [(r["method"], r["path"].split("?")[0]) for r in srv.requests]
+    assert res.get("failed") is True and res["rolled_back"] is True and res["changed"] is False
+    assert "StorageIsDown: storage backend unavailable" in res["msg"]
+    assert "the image imported by this run was deleted again" in res["msg"]
+    assert calls[-3:] == [("POST", f"/images/{IMG}"), ("PUT", f"/images/{IMG}/file"), ("DELETE", f"/images/{IMG}")]

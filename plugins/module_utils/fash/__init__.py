@@ -24,8 +24,8 @@ from .errors import (RingCorruptError, RingError, RingExistsError, RingInputErro
                      RingLockedError, RingLookupError, RingNotFoundError)
 from .hashing import (ALGORITHM_NAMES, VERSION, Hasher, algorithm_record, check_version,
                       compute_interval, format_interval, normalize_algorithm, vnode_for_key)
-from .leveldb_store import (LevelRing, create_ring, dump_ring, make_sst, open_ring, read_topology,
-                            write_topology)
+from .leveldb_store import (LevelRing, create_ring, dump_ring, is_ring_dir, make_sst, open_ring, read_topology,
+                            snapshot_ring, write_topology)
 from .ops.diff import diff_rings, node_style_diff, summarize_diff
 from .routing import node_dirname, node_for_path, route, transform_key
 from .topology import Topology
@@ -35,8 +35,8 @@ __all__ = [
     "ALGORITHM_NAMES", "VERSION", "Hasher", "LevelRing", "RingCorruptError", "RingError",
     "RingExistsError", "RingInputError", "RingLockedError", "RingLookupError", "RingNotFoundError",
     "Topology", "algorithm_record", "check_pnode", "check_version", "compute_interval",
-    "create_ring", "diff_rings", "dump_ring", "format_interval", "make_sst", "node_dirname",
+    "create_ring", "diff_rings", "dump_ring", "format_interval", "is_ring_dir", "make_sst", "node_dirname",
     "node_for_path", "node_style_diff", "normalize_algorithm", "open_ring", "parse_vnodes",
-    "ranges", "read_topology", "route", "summarize_diff", "transform_key", "vnode_for_key",
+    "ranges", "read_topology", "route", "snapshot_ring", "summarize_diff", "transform_key", "vnode_for_key",
     "write_topology",
 ]

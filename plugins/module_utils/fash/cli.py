@@ -288,9 +288,13 @@ def cmd_diff(args):
 
 
 def cmd_verify(args):
-    with open_ring(_need_location(args), readonly=True) as ring:
+    with open_ring(_need_location(args), readonly=not args.repair) as ring:
+        fixes = ring.repair() if args.repair else []
         problems = ring.verify()
-    _out({"ok": not problems, "problems": problems})
+    out = {"ok": not problems, "problems": problems}
+    if args.repair:
+        out["repaired"] = fixes
+    _out(out)
     return 0 if not problems else 1
 
 
@@ -395,6 +399,8 @@ def build_parser():
 
     p = sub.add_parser("verify", help="check a LevelDB ring's consistency (extension)")
     p.add_argument("-l", "--location", help="the LevelDB ring directory")
+    p.add_argument("--repair", action="store_true", help="first rebuild lost /PNODE/<p> lists, /PNODE entries "
+                   "and VNODE_DATA from /VNODE (node-fash's create race); routing keys are never changed")
     p.set_defaults(func=cmd_verify)
     return parser
 

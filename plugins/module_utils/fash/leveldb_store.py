@@ -284,7 +284,9 @@ class LevelRing(object):
             return
         wb = self._db.write_batch()
         put, delete = wb.put, wb.delete
-        for k, v in pending.items():
+        pop = pending.popitem
+        while pending:              # frees the overlay while the batch grows (333,334 vnodes: 1M keys)
+            k, v = pop()
             if v is None:
                 delete(k)
             else:
@@ -501,6 +503,33 @@ class LevelRing(object):
                                 % (ranges(listed_data) or "none", ranges(actual) or "none"))
         return problems
 
+    def repair(self):
+        """Rebuild what ``/VNODE`` implies but is missing, in one batch; return what was fixed.
+
+        Covers node-fash's ``create`` race (a lost ``/PNODE/<p>`` list, fash.md
+        §7 item 3: the real 2014 electric-moray test ring has one), pnodes
+        owning vnodes but absent from ``/PNODE``, a missing ``VNODE_DATA``.
+        Routing (``/VNODE``, ``/PNODE/<p>/<v>``) is never changed.
+        """
+        self._writable()
+        topo = self.topology()
+        fixes = []
+        with self.transaction():
+            listed = self.pnodes()
+            owned = topo.counts()
+            missing = [p for p in topo.pnodes() if p not in listed and owned[p]]
+            if missing:
+                self._put(K_PNODE, js_dumpb(listed + missing))
+                fixes.append("added %s to /PNODE" % ", ".join(missing))
+            for p in topo.pnodes():
+                if self._get(pnode_key(p)) is None and (p in listed or owned[p]):
+                    self._put(pnode_key(p), int_list_json(topo.vnodes_of(p)))
+                    fixes.append("rebuilt /PNODE/%s (%d vnodes)" % (p, owned[p]))
+            if self._get(K_VNODE_DATA) is None:
+                self._put(K_VNODE_DATA, int_list_json(list(topo.data_vnodes())))
+                fixes.append("rebuilt VNODE_DATA")
+        return fixes
+
     # ------------------------------------------------------------------ mutations
     def remap(self, vnodes, pnode, strict=True, strict_pnode=True):
         """Move ``vnodes`` to ``pnode`` in one batch, creating the pnode if new.
@@ -558,7 +587,7 @@ class LevelRing(object):
                     d = raw(prefix + b"%d" % v)
                     if d is None:
                         raise self._corrupt("key /PNODE/%s/%d is missing" % (old, v))
-                    raws.append(d)
+                    raws.append(_ONE if d == _ONE else d)
                 plan.append((old_key, prefix, remaining, lst, raws))
             txn = self._txn
             pval = js_dumpb(pnode)

@@ -140,3 +140,22 @@ def test_info(tmp_path):
     assert res["vnodes"] == [4]
     res = run_module("fash_ring_info", {"path": ring, "pnode": "tcp://nope:2020"})
     assert res["failed"] and "'tcp://nope:2020' is not in the ring" in res["msg"]
+
+
+def test_diff_is_compact_for_big_moves(tmp_path):
+    ring = str(tmp_path / "ring")
+    create_ring(ring, PNODES, 60000)
+    with open_ring(ring, readonly=True) as r:
+        moving = r.vnodes_of(P1)[::2]                 # 10,000 vnodes, every 6th vnode: no long ranges
+    res = _ok(run_module("fash_ring", {"path": ring, "remap": [{"vnodes": moving, "pnode": P4}],
+                                       "data": [{"vnodes": "0-9999", "value": "ro"}]}, check=True, diff=True))
+    text = res["diff"]["before"] + res["diff"]["after"]
+    assert len(text) < 2000, text
+    assert "move 10000 vnodes %s -> %s" % (P1, P4) in text
+    assert 'data 1 -> "ro" on 10000 vnodes: 0-9999' in text
+    assert res["ring_diff"]["moved_count"] == 10000 and "vnodes" not in res["ring_diff"]["moved"][0]
+    assert res["actions"][0]["count"] == 10000 and len(res["actions"][0]["ranges"]) <= 303
+    res = _ok(run_module("fash_ring", {"path": ring, "remap": [{"vnodes": moving, "pnode": P4}]}))
+    assert res["pnodes"][P4] == 10000
+    res = _ok(run_module("fash_ring", {"path": ring, "remap": [{"vnodes": moving, "pnode": P4}]}))
+    assert not res["changed"]

@@ -24,7 +24,7 @@ from .diff import diff_rings, summarize_diff
 class RingSpec(object):
     """What the caller wants. Every field is optional except ``path``."""
 
-    def __init__(self, path, vnodes=None, pnodes=None, algorithm="sha256", remap=None, data=None,
+    def __init__(self, path, vnodes=None, pnodes=None, algorithm=None, remap=None, data=None,
                  absent_pnodes=None, src=None, dest=None, sst=False, strict_pnodes=True):
         self.path = path
         self.vnodes = vnodes
@@ -90,7 +90,8 @@ def plan(spec, before):
             if spec.vnodes is not None and spec.vnodes != after.vnode_count:
                 raise RingInputError("vnodes %d does not match src's %d vnodes" % (spec.vnodes, after.vnode_count))
         elif spec.vnodes is not None and spec.pnodes:
-            after = Topology.create(spec.pnodes, spec.vnodes, spec.algorithm, strict_pnodes=spec.strict_pnodes)
+            after = Topology.create(spec.pnodes, spec.vnodes, spec.algorithm or "sha256",
+                                    strict_pnodes=spec.strict_pnodes)
         else:
             raise RingInputError("there is no ring at %s; to create one give vnodes and pnodes (or src, a JSON "
                                  "topology to import)" % spec.path)

@@ -1,0 +1,362 @@
+# Copyright (c) manta.ops contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The middle of the write-blocked window: detach, establish, reconfigure, verify, switch SAPI.
+
+Each step is one reshard phase. It starts by looking at the real state (the
+old and new manatee states in ZooKeeper, election nodes, SAPI instance
+metadata and reprovision markers, VMAPI jobs, SAPI application metadata) and
+at the journal, does only what is missing, and journals what later steps
+need. Everything here is time-critical (writes to the moving vnodes are
+blocked), so independent work runs in parallel and waits poll every 50 ms.
+
+Steps (reshard.md section 1, manatee.md section 5):
+
+``detach_peers``      a sentinel written to the old primary is read back on
+                      every new peer (each has every write made before the
+                      block); then, tail first (async, sync, primary), each
+                      new peer's WAL position and manatee peer object are
+                      journaled and its sitter disabled; we wait for its
+                      election node to go before the next one, so no peer can
+                      be re-pointed upstream and get ahead of its new upstream.
+``establish_cluster`` the new shard's first state (generation 1, frozen with
+                      the plan's reason, initWal = the new primary's real WAL
+                      position) written *before* the sitters come back under
+                      the new shard path, so they cannot self-elect.
+``reconfigure_peers`` SAPI metadata (SERVICE_NAME, SHARD, MANATEE_SHARD_PATH)
+                      and alias, VMAPI alias (Duplicate = done) and a
+                      reprovision onto the same image, at most once per
+                      marker, for the three peers in parallel.
+``verify_new_shard``  the new cluster is up (primary writable, sync and async
+                      streaming) and a sentinel written through the new shard
+                      (its moray when reachable, else its primary) is read on
+                      the new async.
+``switch_sapi``       (start of ``install_ring``) the new shard appended to
+                      INDEX_MORAY_SHARDS before any electric-moray loads a
+                      ring naming it, and HASH_RING_IMAGE compare-and-swapped
+                      from the transitional image to the final one.
+"""
+from __future__ import annotations
+
+import copy
+import shlex
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ansible_collections.manta.ops.plugins.module_utils import lsn as lsnmod
+from ansible_collections.manta.ops.plugins.module_utils import manatee_pg as mpg
+from ansible_collections.manta.ops.plugins.module_utils import manatee_state as ms
+from ansible_collections.manta.ops.plugins.module_utils import reshard_common as rc
+from ansible_collections.manta.ops.plugins.module_utils import reshard_journal as rj
+
+MARKER_KEY = "MANTA_OPS_REPROVISION"
+TAIL_FIRST = ("async", "sync", "primary")
+
+
+class CutoverError(rc.ReshardError):
+    pass
+
+
+def chain(state):
+    out = [state["primary"]]
+    if state.get("sync"):
+        out.append(state["sync"])
+    return out + list(state.get("async") or [])
+
+
+class Cutover:
+    def __init__(self, zk, journal, params, sapi=None, vmapi=None, log=None, check_mode=False):
+        self.zk = zk
+        self.j = journal
+        self.p = params
+        self.sapi = sapi
+        self.vmapi = vmapi
+        self.log = log or (lambda msg: None)
+        self.check = check_mode
+        self.timings = {}
+        self.pg_opts = {"user": params.get("pg_user"), "password": params.get("pg_password")}
+
+    # ---- helpers -----------------------------------------------------------------------------
+    @property
+    def plan(self):
+        return self.j.plan
+
+    @property
+    def props(self):
+        return self.j.props
+
+    def new_peers(self):
+        peers = self.props.get("new_peers") or []
+        if len(peers) != 3:
+            raise CutoverError(f"the journal lists {len(peers)} new peers; expected 3 (phase "
+                               "create_manatee_peers must be done)")
+        return peers
+
+    def zone_cmd(self, zone, action, service):
+        tmpl = self.p["zone_svcadm"]
+        cmd = tmpl.format(zone=zone, action=action, service=service)
+        args = shlex.split(cmd)
+        r = subprocess.run(args, capture_output=True, text=True, timeout=self.p.get("timeout", 300))
+        if r.returncode != 0:
+            raise CutoverError(f"'{cmd}' failed ({r.returncode}): {(r.stderr or r.stdout).strip()[:400]}")
+        return r.stdout
+
+    def load_state(self, shard):
+        try:
+            st, _ = ms.load(self.zk, shard)
+            return st
+        except ms.StateMissing:
+            return None
+
+    def election_ids(self, shard):
+        return {e["id"] for e in ms.active_peers(self.zk, shard, with_data=False) if e.get("id")}
+
+    def wait(self, what, fn, timeout, poll=0.05):
+        t0 = time.monotonic()
+        last = None
+        while True:
+            ok, last = fn()
+            if ok:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise CutoverError(f"timed out after {timeout:g}s waiting for {what}: {last}")
+            time.sleep(poll)
+
+    def hold(self, step):
+        """Test hook: stop inside ``step`` (after its first change) until killed."""
+        if self.p.get("test_hold") == step:
+            self.j.set_props({"test_hold_reached": step}, event=f"test hold inside {step}")
+            time.sleep(3600)
+
+    # ---- detach_peers -------------------------------------------------------------------------------
+    def detach_peers(self):
+        shard = self.p["shard"]
+        peers = self.new_peers()
+        zones = [x["uuid"] for x in peers]
+        detached = copy.deepcopy(self.props.get("detached") or {})
+        state = self.load_state(shard)
+        if state is None:
+            raise CutoverError(f"shard {shard} has no state")
+        if not state.get("freeze"):
+            raise CutoverError(f"the old cluster {shard} is not frozen; refusing to detach peers")
+        t0 = time.monotonic()
+        by_zone = {p["zoneId"]: p for p in chain(state)}
+        present = [z for z in zones if z in by_zone]
+        # 1. every new peer still attached has every write made before the block
+        if present and len(detached) < 3:
+            conn = rc.pg_connect(state["primary"]["pgUrl"], **self.pg_opts)
+            try:
+                etag, value = rc.write_sentinel(conn, self.plan, "detach: flush before the write block")
+            finally:
+                conn.close()
+            with ThreadPoolExecutor(max_workers=3) as ex:
+                futs = [ex.submit(rc.wait_sentinel, by_zone[z]["pgUrl"], etag, value,
+                                  self.p["catchup_timeout"], self.pg_opts) for z in present]
+                for f in futs:
+                    f.result()
+            self.timings["flush"] = round(time.monotonic() - t0, 3)
+            self.j.set_props({"flush": {"etag": etag, "at": rj.now_iso()}}, event="sentinel flushed to "
+                             f"{len(present)} new peers")
+        # 2. tail first
+        for role in TAIL_FIRST:
+            if role in detached:
+                rec = detached[role]
+                if rec["peer"]["id"] in self.election_ids(shard):
+                    self.zone_cmd(rec["zone"], "disable", "manatee-sitter")
+                continue
+            state = self.load_state(shard)
+            ch = chain(state)
+            tail = ch[-1]
+            remaining = [z for z in zones if z not in {d["zone"] for d in detached.values()}]
+            if tail["zoneId"] not in remaining:
+                raise CutoverError(f"the tail of {shard}'s chain is {tail['id']} ({tail['zoneId']}), not one "
+                                   f"of this plan's new peers ({', '.join(remaining)}); expected them at the "
+                                   "end of the chain")
+            if len(ch) < 2 or tail is state["primary"]:
+                raise CutoverError(f"{shard}: refusing to detach its primary")
+            rec = {"zone": tail["zoneId"], "peer": {k: tail.get(k) for k in ms.PEER_FIELDS}}
+            if role == "primary":
+                probe = mpg.probe(tail, "async", None, self.pg_opts.get("user"), self.pg_opts.get("password"))
+                if probe.get("error") or not probe.get("wal_lsn"):
+                    raise CutoverError(f"cannot read the WAL position of {tail['id']} before detaching it: "
+                                       f"{probe.get('error')}")
+                rec["lsn"] = probe["wal_lsn"]
+            rec["at"] = rj.now_iso()
+            detached[role] = rec
+            self.j.set_props({"detached": detached}, event=f"detaching new {role} {tail['zoneId']}")
+            self.zone_cmd(tail["zoneId"], "disable", "manatee-sitter")
+            if role == "async":
+                self.hold("detach_peers")
+            self.wait(f"{tail['id']} to leave the election of {shard}",
+                      lambda t=tail: (t["id"] not in self.election_ids(shard), "still has an election node"),
+                      self.p["timeout"])
+        # 3. the old primary has dropped them
+        ids = {d["peer"]["id"] for d in detached.values()}
+
+        def dropped():
+            st = self.load_state(shard)
+            left = [p["id"] for p in chain(st) + list(st.get("deposed") or []) if p["id"] in ids]
+            return not left, f"still listed: {left}"
+        self.wait(f"{shard}'s primary to drop the detached peers", dropped, self.p["timeout"])
+        self.timings["detach_peers"] = round(time.monotonic() - t0, 3)
+        return {"detached": detached}
+
+    # ---- establish_cluster ----------------------------------------------------------------------------
+    def establish_cluster(self):
+        new_shard = self.p["new_shard"]
+        d = self.props.get("detached") or {}
+        if set(d) != set(TAIL_FIRST):
+            raise CutoverError(f"detach_peers recorded {sorted(d)}; expected primary, sync and async")
+        prim, sync, asyn = (dict(d[r]["peer"]) for r in ("primary", "sync", "async"))
+        init_wal = d["primary"].get("lsn") or "0/00000000"
+        st = ms.new_cluster_state(prim, sync, [asyn], lsnmod.normalize(init_wal), self.p["freeze_reason"])
+        res = ms.create_state(self.zk, new_shard, st, check_mode=self.check)
+        return {"established": {"changed": res["changed"], "init_wal": init_wal,
+                                "generation": (res.get("after") or {}).get("generation")}}
+
+    # ---- reconfigure_peers ------------------------------------------------------------------------------
+    def reconfigure_one(self, role, rec):
+        zone = rec["zone"]
+        new_shard, new_short, domain = self.p["new_shard"], self.p["new_short"], self.p["domain"]
+        alias = f"{new_short}.postgres.{domain}-{zone[:8]}"
+        want = {"SERVICE_NAME": new_shard, "SHARD": new_short, "MANATEE_SHARD_PATH": f"/manatee/{new_shard}"}
+        inst = self.sapi.get_object("instance", zone)
+        md = inst.get("metadata") or {}
+        out = {"zone": zone, "alias": alias}
+        if any(md.get(k) != v for k, v in want.items()) or (inst.get("params") or {}).get("alias") != alias:
+            self.sapi.update("instance", zone, "update", metadata=want, params={"alias": alias})
+            out["sapi_updated"] = True
+        vm = self.vmapi.get_vm(zone)
+        if vm.get("alias") != alias:
+            from ansible_collections.manta.ops.plugins.module_utils.http_api import ApiError
+            try:
+                job = self.vmapi.update_vm(zone, {"alias": alias})
+                self.vmapi.wait_job(job["job_uuid"], timeout=self.p["timeout"], interval=0.1)
+                out["vm_alias_updated"] = True
+            except ApiError as exc:
+                if not exc.has_field_error("alias", "Duplicate"):
+                    raise
+                out["vm_alias_duplicate"] = True
+        image = vm.get("image_uuid")
+        marker = f"{self.plan}-{role}"
+        rec_m = md.get(MARKER_KEY) if isinstance(md.get(MARKER_KEY), dict) else None
+        if rec_m and rec_m.get("marker") == marker and rec_m.get("state") == "done":
+            out["reprovisioned"] = False
+            return out
+        if rec_m and rec_m.get("marker") == marker and rec_m.get("state") == "pending":
+            prior = set(rec_m.get("prior_jobs") or [])
+            jobs = [j for j in self.vmapi.list_vm_jobs(zone, task="reprovision") if j.get("uuid") not in prior]
+            jobs.sort(key=lambda j: j.get("created_at") or "")
+            if jobs:
+                job = jobs[-1]
+                if job.get("execution") not in ("succeeded", "failed", "canceled"):
+                    self.vmapi.wait_job(job["uuid"], timeout=self.p["timeout"], interval=0.1)
+                    job = self.vmapi.get_job(job["uuid"])
+                if job.get("execution") == "succeeded":
+                    self.sapi.update("instance", zone, "update", metadata={MARKER_KEY: dict(
+                        rec_m, state="done", finished_at=rj.now_iso())})
+                    out["reprovisioned"] = "resolved"
+                    return out
+        prior = sorted(j.get("uuid") for j in self.vmapi.list_vm_jobs(zone, task="reprovision"))
+        pending = {"marker": marker, "state": "pending", "image_uuid": image, "started_at": rj.now_iso(),
+                   "prior_jobs": prior}
+        self.sapi.update("instance", zone, "update", metadata={MARKER_KEY: pending})
+        self.sapi.upgrade_instance(zone, image, timeout=self.p["timeout"])
+        self.sapi.update("instance", zone, "update",
+                         metadata={MARKER_KEY: dict(pending, state="done", finished_at=rj.now_iso())})
+        out["reprovisioned"] = True
+        return out
+
+    def reconfigure_peers(self):
+        d = self.props.get("detached") or {}
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(max_workers=3) as ex:
+            futs = {r: ex.submit(self.reconfigure_one, r, d[r]) for r in TAIL_FIRST}
+            out = {r: f.result() for r, f in futs.items()}
+        self.timings["reconfigure_peers"] = round(time.monotonic() - t0, 3)
+        return {"reconfigured": out}
+
+    # ---- verify_new_shard ------------------------------------------------------------------------------
+    def cluster_ok(self):
+        st = self.load_state(self.p["new_shard"])
+        if st is None:
+            return False, "no state"
+        pg = mpg.probe_state(st, user=self.pg_opts.get("user"), password=self.pg_opts.get("password"),
+                             connect_timeout=2, query_timeout=5)
+        prim = pg.get(st["primary"]["id"]) or {}
+        if prim.get("error") or prim.get("in_recovery") is not False:
+            return False, f"primary {st['primary']['id']}: {prim.get('error') or 'still in recovery'}"
+        rows = {r.get("application_name"): r for r in prim.get("replication") or []}
+        s = rows.get((st.get("sync") or {}).get("pgUrl"))
+        if not s or s.get("state") != "streaming" or s.get("sync_state") != "sync":
+            return False, f"sync link: {s}"
+        sync_pg = pg.get(st["sync"]["id"]) or {}
+        arows = {r.get("application_name"): r for r in sync_pg.get("replication") or []}
+        for a in st.get("async") or []:
+            r = arows.get(a["pgUrl"])
+            if not r or r.get("state") != "streaming":
+                return False, f"async {a['id']} link: {r}"
+        return True, "healthy"
+
+    def verify_new_shard(self):
+        new_shard = self.p["new_shard"]
+        t0 = time.monotonic()
+        self.wait(f"the new cluster {new_shard} to be healthy", self.cluster_ok, self.p["timeout"], poll=0.1)
+        st = self.load_state(new_shard)
+        via = "primary"
+        etag = value = None
+        urls = self.p.get("moray_urls") or []
+        if urls:
+            value = rc.sentinel_value(self.plan, "verify_new_shard: through the new moray")
+            last = None
+            deadline = time.monotonic() + self.p["timeout"]
+            while time.monotonic() < deadline:
+                try:
+                    res = rc.EmClient(urls[0], timeout=10).put_object(rc.SENTINEL_TABLE, rc.SENTINEL_KEY, value)
+                    etag = res.get("etag")
+                    via = f"moray {urls[0]}"
+                    break
+                except rc.EmError as exc:
+                    last = exc
+                    time.sleep(0.1)
+            if etag is None:
+                raise CutoverError(f"cannot write the sentinel through the new moray {urls[0]}: {last}")
+        else:
+            conn = rc.pg_connect(st["primary"]["pgUrl"], **self.pg_opts)
+            try:
+                etag, value = rc.write_sentinel(conn, self.plan, "verify_new_shard: new primary")
+            finally:
+                conn.close()
+        waited = rc.wait_sentinel(st["async"][-1]["pgUrl"], etag, value, self.p["timeout"], self.pg_opts)
+        self.timings["verify_new_shard"] = round(time.monotonic() - t0, 3)
+        return {"new_shard_verified": {"via": via, "etag": etag, "read_on": st["async"][-1]["id"],
+                                       "waited": round(waited, 3), "at": rj.now_iso()}}
+
+    # ---- switch_sapi (first part of install_ring) ----------------------------------------------------------
+    def switch_sapi(self):
+        from ansible_collections.manta.ops.plugins.module_utils import index_shards as ix
+        app = self.sapi.get_object("application", self.p["app_uuid"])
+        md = app.get("metadata") or {}
+        out = {}
+        shards = ix.validate(md.get("INDEX_MORAY_SHARDS"))
+        new = ix.ensure(shards, [self.p["new_shard"]], "present", None, "add")
+        new = new[0] if isinstance(new, tuple) else new
+        if new != shards:
+            self.sapi.update("application", app["uuid"], "update", metadata={"INDEX_MORAY_SHARDS": new})
+            out["index_shards_added"] = True
+        cur = md.get("HASH_RING_IMAGE")
+        final, trans, old = self.props["final_image"], self.props["transitional_image"], self.props["old_image"]
+        if cur == final:
+            out["hash_ring_image"] = "already final"
+        elif cur in (trans, old):
+            # fresh read immediately before the write: SAPI has no etag
+            again = (self.sapi.get_object("application", app["uuid"]).get("metadata") or {}).get("HASH_RING_IMAGE")
+            if again != cur:
+                raise CutoverError(f"HASH_RING_IMAGE changed under us ({cur} -> {again})")
+            self.sapi.update("application", app["uuid"], "update", metadata={"HASH_RING_IMAGE": final})
+            out["hash_ring_image"] = f"{cur} -> {final}"
+        else:
+            raise CutoverError(f"HASH_RING_IMAGE is {cur}, neither this plan's transitional ({trans}), old "
+                               f"({old}) nor final ({final}) image: someone else changed the ring; holding")
+        return {"sapi_switched": out}

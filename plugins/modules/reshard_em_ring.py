@@ -1,0 +1,333 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) manta.ops contributors
+# SPDX-License-Identifier: MPL-2.0
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: reshard_em_ring
+short_description: Stage and swap the hash ring of one electric-moray process, checking its stamp and status
+version_added: 0.1.0
+description:
+  - Runs in an electric-moray zone (one task per electric-moray process) and installs a ring image the way
+    manta-reshard's C(electric-moray-update-ring.sh) does, without a reprovision.
+  - V(staged) downloads the image from IMGAPI, checks its sha1, extracts C(hash_ring/) and verifies that it opens
+    and carries the image's stamp, into C(<ring_path>.reshard/<image>). Nothing the process uses is touched; run
+    it before any write is blocked so that the swap itself is quick.
+  - V(installed) swaps the ring in, unless the ring in place is already stamped with the image and the process
+    serves it. It stops the process (O(svcadm) C(disable)), moves the ring aside to
+    C(<ring_path>.reshard/<old image>) (kept for a roll back), moves the staged ring in, starts the process and
+    polls its status endpoint until it reports the new stamp, and optionally a given view of the index shards
+    (restarting it again when its configuration has not been re-rendered yet).
+  - With O(wait_for) the swap waits until each listed status endpoint serves the image first, so tasks run in
+    parallel on several processes still swap one after another (rolling).
+  - Every step looks at the real state first (stamp file, staged directory, status), so a swap interrupted
+    half way is completed by the next run. V(query) only reports; V(absent) removes the staging directory.
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [staged, installed, query, absent]
+    default: installed
+  ring_path:
+    description: The process's ring directory (SMF property C(electric-moray/ring-location)).
+    type: path
+    required: true
+  image_uuid:
+    description: The ring image to stage or install.
+    type: str
+  imgapi_url:
+    description: IMGAPI holding the image (C(HASH_RING_IMGAPI_SERVICE)).
+    type: str
+  svcadm:
+    description: The zone's service-control command (C(svcadm) in a zone; the lab inventory's C(manta_svcadm)).
+    type: str
+    default: svcadm
+  service:
+    description: The SMF service or FMRI of this process.
+    type: str
+    default: electric-moray
+  status_url:
+    description: The process's status endpoint (C(http://<ip>:<4020+i>/status)).
+    type: str
+    required: true
+  index_shards:
+    description:
+      - Expected view of the index shards once started, C({host: read_only}). A process whose configuration
+        lacks a host (config-agent has not re-rendered it yet) is restarted again, up to O(restarts) times.
+    type: dict
+    default: {}
+  wait_for:
+    description: Status endpoints that must serve O(image_uuid) before this process is swapped.
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds to wait for the process to stop, to come back with the new ring, or for O(wait_for).
+    type: float
+    default: 120
+  restarts:
+    description: Extra restarts allowed when the process comes back with the wrong view of the index shards.
+    type: int
+    default: 5
+  poll:
+    description: Seconds between two status polls.
+    type: float
+    default: 0.05
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+requirements: [plyvel, requests]
+author:
+  - manta.ops developers
+"""
+
+EXAMPLES = r"""
+- name: Stage the final ring next to every electric-moray ring
+  manta.ops.reshard_em_ring:
+    state: staged
+    ring_path: "{{ ring_path }}"
+    image_uuid: "{{ final_image }}"
+    imgapi_url: "{{ manta_imgapi_url }}"
+    status_url: "{{ emoray_status_url }}"
+
+- name: Swap it in
+  manta.ops.reshard_em_ring:
+    ring_path: "{{ ring_path }}"
+    image_uuid: "{{ final_image }}"
+    svcadm: "{{ manta_svcadm | default('svcadm') }}"
+    status_url: "{{ emoray_status_url }}"
+    index_shards: {"3.moray.us-east.example.com": false}
+"""
+
+RETURN = r"""
+image_before:
+  description: The image stamped on the ring in place before the run.
+  returned: always
+  type: str
+image_after:
+  description: The image stamped on the ring in place after the run.
+  returned: always
+  type: str
+stopped_ts:
+  description: When the process stopped answering (epoch seconds), for a swap.
+  returned: when swapped
+  type: float
+serving_ts:
+  description: When the process first answered with the new ring (epoch seconds).
+  returned: when installed
+  type: float
+restarts:
+  description: Extra restarts made because of a stale index-shard view.
+  returned: when installed
+  type: int
+status:
+  description: The process's last status document (ring part and index shards).
+  returned: always
+  type: dict
+staged:
+  description: Images staged next to the ring.
+  returned: always
+  type: list
+"""
+
+import os
+import shlex
+import shutil
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.manta.ops.plugins.module_utils import reshard_common as rc
+from ansible_collections.manta.ops.plugins.module_utils import reshard_ring as rring
+
+
+def staged_images(ring_path):
+    root = rring.staging_root(ring_path)
+    if not os.path.isdir(root):
+        return []
+    return sorted(n for n in os.listdir(root) if not n.startswith(".")
+                  and rring.stamp_image(os.path.join(root, n)) == n)
+
+
+class Swapper:
+    def __init__(self, module):
+        self.m = module
+        self.p = module.params
+        self.res = {"changed": False, "restarts": 0}
+
+    def svc(self, action):
+        cmd = shlex.split(self.p["svcadm"]) + [action, self.p["service"]]
+        rc_, out, err = self.m.run_command(cmd)
+        if rc_ != 0:
+            self.m.fail_json(msg=f"{' '.join(cmd)} failed ({rc_}): {(err or out).strip()[:500]}", **self.res)
+        return out
+
+    def status(self):
+        return rc.em_status(self.p["status_url"], timeout=2.0)
+
+    def wait_down(self, deadline):
+        while time.monotonic() < deadline:
+            if self.status() is None:
+                return time.time()
+            time.sleep(self.p["poll"])
+        self.m.fail_json(msg=f"electric-moray ({self.p['status_url']}) still answers after "
+                             f"'{self.p['svcadm']} disable {self.p['service']}'", **self.res)
+
+    def view_ok(self, st):
+        want = self.p["image_uuid"]
+        if rc.status_image(st) != want:
+            return False, f"serves ring {rc.status_image(st)}, expected {want}"
+        return rc.index_shards_ok(st, self.p["index_shards"])
+
+    def wait_up(self, deadline):
+        """(status, serving_ts) once the process answers; fails on timeout."""
+        last = None
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st is not None:
+                return st, time.time()
+            time.sleep(self.p["poll"])
+        self.m.fail_json(msg=f"electric-moray ({self.p['status_url']}) did not come back within "
+                             f"{self.p['timeout']:g}s after '{self.p['svcadm']} enable {self.p['service']}'"
+                             f" (last: {last})", **self.res)
+
+    def barrier(self, deadline):
+        pending = list(self.p["wait_for"])
+        while pending and time.monotonic() < deadline:
+            pending = [u for u in pending if rc.status_image(rc.em_status(u)) != self.p["image_uuid"]]
+            if pending:
+                time.sleep(self.p["poll"] * 2)
+        if pending:
+            self.m.fail_json(msg=f"waited {self.p['timeout']:g}s for {', '.join(pending)} to serve "
+                                 f"{self.p['image_uuid']} before swapping this one", **self.res)
+
+    def imgapi(self):
+        from ansible_collections.manta.ops.plugins.module_utils.imgapi import ImgapiClient
+        if not self.p.get("imgapi_url"):
+            self.m.fail_json(msg="imgapi_url is required to stage a ring image")
+        return ImgapiClient(self.p["imgapi_url"], timeout=60)
+
+    # ---- states -----------------------------------------------------------------------------
+    def query(self):
+        self.res["status"] = self.short(self.status())
+
+    @staticmethod
+    def short(st):
+        if not st:
+            return None
+        return {"image": rc.status_image(st), "start_time": st.get("start_time"), "pid": st.get("pid"),
+                "index_shards": st.get("index_shards"), "read_only_pnodes": st.get("read_only_pnodes"),
+                "ring": {k: (st.get("ring") or {}).get(k) for k in ("vnodes", "pnodes", "data_vnodes", "ro")}}
+
+    def staged(self):
+        rp, img = self.p["ring_path"], self.p["image_uuid"]
+        if rring.stamp_image(rp) == img or rring.is_staged(rp, img):
+            return
+        self.res["changed"] = True
+        if self.m.check_mode:
+            return
+        try:
+            rring.stage(self.imgapi(), rp, img)
+        except Exception as exc:  # noqa: BLE001
+            self.m.fail_json(msg=f"cannot stage ring image {img} at {rring.staged_dir(rp, img)}: {exc}",
+                             **self.res)
+
+    def installed(self):
+        p = self.p
+        rp, img = p["ring_path"], p["image_uuid"]
+        deadline = time.monotonic() + p["timeout"]
+        st = self.status()
+        in_place = rring.stamp_image(rp) if os.path.isdir(rp) else None
+        if in_place == img and st is not None:
+            ok, why = self.view_ok(st)
+            if ok:
+                self.res["serving_ts"] = None
+                self.res["status"] = self.short(st)
+                return
+        self.res["changed"] = True
+        if self.m.check_mode:
+            return
+        if in_place != img:
+            if not rring.is_staged(rp, img):
+                self.staged()
+            self.barrier(deadline)
+            if st is not None:
+                self.svc("disable")
+                self.res["stopped_ts"] = self.wait_down(deadline)
+            else:
+                self.res["stopped_ts"] = time.time()
+            root = rring.staging_root(rp)
+            if os.path.isdir(rp):
+                keep = os.path.join(root, in_place or f"unstamped-{int(time.time())}")
+                if os.path.exists(keep):
+                    shutil.rmtree(keep)
+                os.rename(rp, keep)
+            os.rename(rring.staged_dir(rp, img), rp)
+        for attempt in range(p["restarts"] + 1):
+            if self.status() is None:
+                self.svc("enable")
+            st, ts = self.wait_up(deadline)
+            ok, why = self.view_ok(st)
+            if ok:
+                self.res["serving_ts"] = ts
+                self.res["status"] = self.short(st)
+                return
+            if attempt == p["restarts"] or rc.status_image(st) != img:
+                break
+            self.res["restarts"] += 1
+            self.svc("disable")
+            self.wait_down(deadline)
+        self.m.fail_json(msg=f"electric-moray ({p['status_url']}) came back but {why}", **self.res)
+
+    def absent(self):
+        root = rring.staging_root(self.p["ring_path"])
+        if os.path.isdir(root):
+            self.res["changed"] = True
+            if not self.m.check_mode:
+                shutil.rmtree(root, ignore_errors=True)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", default="installed", choices=["staged", "installed", "query", "absent"]),
+            ring_path=dict(type="path", required=True),
+            image_uuid=dict(type="str"),
+            imgapi_url=dict(type="str"),
+            svcadm=dict(type="str", default="svcadm"),
+            service=dict(type="str", default="electric-moray"),
+            status_url=dict(type="str", required=True),
+            index_shards=dict(type="dict", default={}),
+            wait_for=dict(type="list", elements="str", default=[]),
+            timeout=dict(type="float", default=120),
+            restarts=dict(type="int", default=5),
+            poll=dict(type="float", default=0.05),
+        ),
+        required_if=[("state", "staged", ["image_uuid"]), ("state", "installed", ["image_uuid"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    sw = Swapper(module)
+    before = rring.stamp_image(p["ring_path"]) if os.path.isdir(p["ring_path"]) else None
+    sw.res["image_before"] = before
+    getattr(sw, p["state"])()
+    sw.res.setdefault("status", Swapper.short(sw.status()))
+    sw.res["image_after"] = rring.stamp_image(p["ring_path"]) if os.path.isdir(p["ring_path"]) else None
+    if module.check_mode and p["state"] == "installed" and sw.res["changed"]:
+        sw.res["image_after"] = p["image_uuid"]
+    sw.res["staged"] = staged_images(p["ring_path"])
+    if module._diff:
+        sw.res["diff"] = {"before": {"ring_image": before}, "after": {"ring_image": sw.res["image_after"]}}
+    module.exit_json(**sw.res)
+
+
+if __name__ == "__main__":
+    main()
