@@ -33,6 +33,7 @@ from ansible.module_utils.basic import env_fallback, missing_required_lib
 PSYCOPG2_IMP_ERR = None
 try:
     import psycopg2
+    import psycopg2.errors
     import psycopg2.extras
     from psycopg2 import sql
     HAS_PSYCOPG2 = True

@@ -520,3 +520,73 @@ def result_rows(pairs):
     for task, o in pairs:
         out.append([task[0], o.status, o.reason, o.detail, o.bytes, o.fetched, o.source])
     return out
+
+
+def probe(tasks, sources, concurrency=8, timeout=30.0, max_bytes=256 * 1024 * 1024):
+    """Read-only measurement for estimates: GET each task's object from its first
+    source, verify the MD5, write nothing. Returns objects/s, bytes/s and the
+    mean seconds per object seen by one stream, plus failures by reason."""
+    lock = threading.Lock()
+    out = {"objects": 0, "bytes": 0, "failures": collections.Counter(), "latencies": []}
+    local = threading.local()
+    budget = [max_bytes]
+
+    def conn(base):
+        pool = getattr(local, "pool", None)
+        if pool is None:
+            pool = local.pool = {}
+        c = pool.get(base)
+        if c is None:
+            u = urlsplit(base)
+            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+            c = pool[base] = cls(u.hostname, u.port or (443 if u.scheme == "https" else 80),
+                                 timeout=timeout)
+        return c
+
+    def one(task):
+        _oid, path_owner, object_id, size, md5, srcs = task[:6]
+        with lock:
+            if budget[0] <= 0:
+                return
+            budget[0] -= size
+        base = (sources.get(srcs[0]) or f"http://{srcs[0]}").rstrip("/") if srcs else None
+        if base is None:
+            return
+        path = urlsplit(base).path + "/" + quote(path_owner) + "/" + quote(object_id)
+        t = time.monotonic()
+        try:
+            c = conn(base)
+            c.request("GET", path)
+            r = c.getresponse()
+            h = hashlib.md5()
+            n = 0
+            while True:
+                b = r.read(CHUNK)
+                if not b:
+                    break
+                h.update(b)
+                n += len(b)
+            ok = r.status == 200 and base64.b64encode(h.digest()).decode() == md5
+            reason = None if ok else (f"http_{r.status}" if r.status != 200 else "md5_mismatch")
+        except (OSError, http.client.HTTPException) as exc:
+            (getattr(local, "pool", {}) or {}).pop(base, None)
+            ok, n, reason = False, 0, type(exc).__name__
+        dt = time.monotonic() - t
+        with lock:
+            if ok:
+                out["objects"] += 1
+                out["bytes"] += n
+                out["latencies"].append(dt)
+            else:
+                out["failures"][reason] += 1
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, int(concurrency))) as pool:
+        list(pool.map(one, tasks))
+    secs = max(time.monotonic() - t0, 1e-6)
+    lat = out["latencies"]
+    return {"objects": out["objects"], "bytes": out["bytes"], "seconds": round(secs, 4),
+            "objects_per_second": round(out["objects"] / secs, 1),
+            "bytes_per_second": round(out["bytes"] / secs, 1),
+            "seconds_per_object": round(sum(lat) / len(lat), 5) if lat else None,
+            "concurrency": int(concurrency), "failures": dict(out["failures"])}

@@ -18,9 +18,10 @@ to an evacuated node), so a storage id that appears elsewhere in the value
 (a header, a key) is never mistaken for a copy. With more evacuated nodes
 than ``max_like_patterns`` the pre-filter is the equivalent JSON test in SQL.
 
-A fetch thread keeps the next window's query running in PostgreSQL while the
-previous window is parsed and stored, so the server's filtering and the
-client's parsing overlap.
+``parallel`` fetch connections per shard keep the next windows' queries
+running in PostgreSQL while the previous window is parsed and stored, so the
+server's filtering and the client's parsing overlap; windows are consumed in
+id order, so the stored watermark is always a valid resume point.
 
 :func:`classify` decides each matching copy's initial fate: ``pending``, or
 ``skipped`` (``mpu_part``, ``zero_byte``), or ``error`` (``bad_manta_object``,
@@ -29,7 +30,6 @@ client's parsing overlap.
 from __future__ import annotations
 
 import json
-import queue
 import threading
 import time
 
@@ -156,7 +156,9 @@ class ShardScan:
     """
 
     def __init__(self, shard, connect, nodes, sink, start=None, chunk=DEFAULT_CHUNK,
-                 deadline=None, max_like=DEFAULT_MAX_LIKE, done_cols=(), rows_per_sec=None):
+                 deadline=None, max_like=DEFAULT_MAX_LIKE, done_cols=(), rows_per_sec=None,
+                 parallel=2):
+        self.parallel = max(1, int(parallel))
         self.shard = shard
         self.connect = connect
         self.nodes = list(nodes)
@@ -197,87 +199,117 @@ class ShardScan:
         q, extra = window_query(col, self.nodes, self.max_like)
         qtext = q.as_string(conn)
         cstats = self.stats["columns"].setdefault(col, {"from": lo, "max_id": top, "matched": 0})
-        windows = queue.Queue(maxsize=3)
-        stop = threading.Event()
-        err = []
+        finished = True
+        while True:
+            ok = self._scan_range(qtext, extra, col, lo, top, cstats)
+            if not ok:
+                finished = False
+                break
+            # New rows may have arrived meanwhile (ids only grow): follow the end once more.
+            new_top = max_id(conn, col)
+            if new_top <= top:
+                break
+            lo, top = top, new_top
+            cstats["max_id"] = top
+        if finished:
+            self.sink(col, [], max(top, cstats.get("to", lo)), 0, 0.0, True, top)
+        return finished
+
+    def _scan_range(self, qtext, extra, col, lo, top, cstats):
+        """Windows (lo, top] fetched by ``parallel`` connections, consumed in order."""
+        cond = threading.Condition()
+        ready = {}
+        state = {"next": lo, "consumed": lo, "stop": False, "err": None}
+        ahead = self.chunk * (self.parallel + 2)
 
         def fetch():
-            # Runs the queries; the main thread parses and stores.
-            fconn = self.connect()
+            fconn = None
             try:
-                a = lo
-                ceiling = top
-                while not stop.is_set():
-                    if a >= ceiling:
-                        # New rows may have arrived since: follow the table's end once more.
-                        ceiling = max_id(fconn, col)
-                        if a >= ceiling:
-                            break
-                    b = min(a + self.chunk, ceiling)
+                fconn = self.connect()
+                while True:
+                    with cond:
+                        while (not state["stop"] and state["next"] < top
+                               and state["next"] - state["consumed"] >= ahead):
+                            cond.wait(0.5)
+                        if state["stop"] or state["next"] >= top:
+                            return
+                        a = state["next"]
+                        b = min(a + self.chunk, top)
+                        state["next"] = b
                     t = time.monotonic()
                     with fconn.cursor() as cur:
                         cur.execute(qtext, [a, b] + extra)
                         rows = cur.fetchall()
                     fconn.rollback()
-                    windows.put((a, b, rows, time.monotonic() - t, ceiling))
-                    a = b
-            except Exception as exc:  # noqa: BLE001 - handed to the main thread
-                err.append(exc)
+                    with cond:
+                        ready[a] = (b, rows, time.monotonic() - t)
+                        cond.notify_all()
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                with cond:
+                    state["err"] = state["err"] or exc
+                    state["stop"] = True
+                    cond.notify_all()
             finally:
-                windows.put(None)
-                try:
-                    fconn.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                if fconn is not None:
+                    try:
+                        fconn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
 
-        th = threading.Thread(target=fetch, name=f"scan-{self.shard}-{col}", daemon=True)
-        th.start()
-        finished = True
+        threads = [threading.Thread(target=fetch, name=f"scan-{self.shard}-{col}-{i}", daemon=True)
+                   for i in range(self.parallel)]
+        for th in threads:
+            th.start()
+        a = lo
+        ok = True
         try:
-            while True:
-                item = windows.get()
-                if item is None:
-                    break
-                a, b, rows, qsecs, ceiling = item
+            while a < top:
+                with cond:
+                    while a not in ready and not state["err"]:
+                        cond.wait(0.5)
+                    if state["err"]:
+                        break
+                    b, rows, qsecs = ready.pop(a)
                 t = time.monotonic()
                 out = []
+                nodes = self.nodes
                 for mid, key, etag, raw in rows:
-                    out.extend(classify(key, mid, etag, raw, self.nodes))
-                self.sink(col, out, b, b - a, qsecs + (time.monotonic() - t), False, ceiling)
+                    out.extend(classify(key, mid, etag, raw, nodes))
+                self.sink(col, out, b, b - a, qsecs + (time.monotonic() - t), False, top)
                 self.stats["windows"] += 1
                 self.stats["matched"] += len(out)
                 self.stats["ids"] += b - a
                 cstats["matched"] += len(out)
                 cstats["to"] = b
+                with cond:
+                    state["consumed"] = b
+                    cond.notify_all()
                 if self.rows_per_sec:
                     time.sleep(max(0.0, (b - a) / float(self.rows_per_sec)
-                                   - (time.monotonic() - t) - qsecs))
-                if self.deadline is not None and time.time() >= self.deadline:
-                    finished = False
+                                   - (time.monotonic() - t) - qsecs / self.parallel))
+                a = b
+                if self.deadline is not None and time.time() >= self.deadline and a < top:
+                    ok = False
                     self.stats["stopped"] = "max_duration"
                     break
         finally:
-            stop.set()
-            # Drain so the fetch thread can exit.
-            while th.is_alive():
-                try:
-                    windows.get(timeout=0.1)
-                except queue.Empty:
-                    pass
-            th.join(timeout=5)
-        if err:
-            e = err[0]
+            with cond:
+                state["stop"] = True
+                cond.notify_all()
+            for th in threads:
+                th.join(timeout=30)
+        e = state["err"]
+        if e is not None:
             if psycopg2 is not None and isinstance(e, psycopg2.Error):
                 raise EvacError(f"scan of {self.shard} ({col}) failed: "
                                 f"{str(e).strip().splitlines()[0]}") from None
             raise e
-        if finished:
-            self.sink(col, [], cstats.get("to", lo), 0, 0.0, True, None)
-        return finished
+        return ok
 
 
 def scan_shards(shards, connect_for, nodes, sink_for, starts=None, chunk=DEFAULT_CHUNK,
-                deadline=None, max_like=DEFAULT_MAX_LIKE, done=None, rows_per_sec=None):
+                deadline=None, max_like=DEFAULT_MAX_LIKE, done=None, rows_per_sec=None,
+                parallel=2):
     """Scan several shards in parallel (one thread each). Returns per-shard stats;
     raises the first failure after every thread has stopped."""
     results, errors = {}, {}
@@ -287,7 +319,7 @@ def scan_shards(shards, connect_for, nodes, sink_for, starts=None, chunk=DEFAULT
             s = ShardScan(shard, lambda: connect_for(shard), nodes, sink_for(shard),
                           start=(starts or {}).get(shard), chunk=chunk, deadline=deadline,
                           max_like=max_like, done_cols=(done or {}).get(shard, ()),
-                          rows_per_sec=rows_per_sec)
+                          rows_per_sec=rows_per_sec, parallel=parallel)
             results[shard] = s.run()
         except Exception as exc:  # noqa: BLE001
             errors[shard] = exc

@@ -89,7 +89,7 @@ def _ddl(s):
             PRIMARY KEY (job, shard, key, node))""").format(t("objects")),
         sql.SQL("CREATE INDEX IF NOT EXISTS objects_status_idx ON {} (job, status, node)").format(
             t("objects")),
-        sql.SQL("CREATE INDEX IF NOT EXISTS objects_pending_idx ON {} (job, path_owner, object_id) "
+        sql.SQL("CREATE INDEX IF NOT EXISTS objects_pending_idx ON {} (job, oid) "
                 "WHERE status = 'pending'").format(t("objects")),
         sql.SQL("CREATE INDEX IF NOT EXISTS objects_done_idx ON {} (job, done_at) "
                 "WHERE done_at IS NOT NULL").format(t("objects")),
@@ -256,7 +256,7 @@ class JobStore:
                 "seconds": row[4]}
 
     def store_scanned(self, job, pass_no, shard, col, rows, last_id, scanned, seconds, done=False,
-                      max_id=None):
+                      max_id=None, fresh=False):
         """Upsert matched rows and advance the scan watermark in one transaction.
 
         ``rows``: tuples (key, node, mid, object_id, owner, path_owner, size, md5, etag,
@@ -265,23 +265,44 @@ class JobStore:
         ins = upd = 0
         with self.conn.cursor() as cur:
             if rows:
-                cur.execute("CREATE TEMP TABLE IF NOT EXISTS evac_scan_stage ("
-                            "key text, node text, mid bigint, object_id text, owner text, "
-                            "path_owner text, size bigint, md5 text, etag text, sharks text, "
-                            "status text, reason text, detail text) ON COMMIT DELETE ROWS")
                 buf = io.StringIO()
                 for r in rows:
                     buf.write("\t".join(_copy_field(x) for x in r))
                     buf.write("\n")
-                buf.seek(0)
-                cur.copy_expert("COPY evac_scan_stage FROM STDIN", buf)
-                cur.execute(self.q(UPSERT_SCANNED, o="objects"), {"job": job, "shard": shard,
-                                                                  "pass": pass_no})
-                for (inserted,) in cur.fetchall():
-                    if inserted:
-                        ins += 1
-                    else:
-                        upd += 1
+                copied = False
+                if fresh:
+                    # First pass over new ids: nothing of this window can be stored
+                    # yet, so COPY straight in (falling back to the upsert if a key
+                    # was seen before after all).
+                    cur.execute("SAVEPOINT evac_copy")
+                    try:
+                        buf.seek(0)
+                        cur.copy_expert(sql.SQL(
+                            "COPY {} (key, node, mid, object_id, owner, path_owner, size, md5, etag, "
+                            "sharks, status, reason, detail, job, shard, scan_pass) FROM STDIN").format(
+                                self.t("objects")).as_string(cur),
+                            io.StringIO("".join(
+                                line + "\t" + "\t".join(_copy_field(x) for x in (job, shard, pass_no)) + "\n"
+                                for line in buf.getvalue().split("\n") if line)))
+                        cur.execute("RELEASE SAVEPOINT evac_copy")
+                        ins = len(rows)
+                        copied = True
+                    except psycopg2.errors.UniqueViolation:
+                        cur.execute("ROLLBACK TO SAVEPOINT evac_copy")
+                if not copied:
+                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS evac_scan_stage ("
+                                "key text, node text, mid bigint, object_id text, owner text, "
+                                "path_owner text, size bigint, md5 text, etag text, sharks text, "
+                                "status text, reason text, detail text) ON COMMIT DELETE ROWS")
+                    buf.seek(0)
+                    cur.copy_expert("COPY evac_scan_stage FROM STDIN", buf)
+                    cur.execute(self.q(UPSERT_SCANNED, o="objects"), {"job": job, "shard": shard,
+                                                                      "pass": pass_no})
+                    for (inserted,) in cur.fetchall():
+                        if inserted:
+                            ins += 1
+                        else:
+                            upd += 1
             cur.execute(self.q("UPDATE {s} SET last_id = %s, rows_scanned = rows_scanned + %s, "
                                "matched = matched + %s, seconds = seconds + %s, done = %s, "
                                "max_id = COALESCE(%s, max_id), "
@@ -396,7 +417,8 @@ class JobStore:
         """(oid, status, reason, detail[, fetched]) -> rows updated. Transient
         fates go back to pending with attempts + 1."""
         q = ("UPDATE {o} AS o SET status = v.status, reason = v.reason, detail = v.detail, "
-             "attempts = o.attempts + CASE WHEN v.status = 'pending' THEN 1 ELSE 0 END, "
+             "attempts = o.attempts + CASE WHEN v.status = 'pending' AND v.reason <> 'not_attempted' "
+             "THEN 1 ELSE 0 END, "
              "copied_at = CASE WHEN v.status = 'copied' THEN now() ELSE o.copied_at END, "
              "done_at = CASE WHEN v.status = 'done' THEN now() ELSE o.done_at END, "
              "fetched = COALESCE(v.fetched, o.fetched), updated_at = now() "
@@ -430,6 +452,47 @@ class JobStore:
             n = self._set_fates(cur, job, fates, from_status)
         self.conn.commit()
         return n
+
+    def refresh_rows(self, job, rows):
+        """Objects a client overwrote whose new version still names the node: take the
+        new version's fields and plan them again. rows: (oid, object_id, owner, path_owner,
+        size, md5, sharks_json)."""
+        if not rows:
+            return 0
+        with self.conn.cursor() as cur:
+            q = sql.SQL(
+                "UPDATE {o} AS o SET object_id = v.object_id, owner = v.owner, "
+                "path_owner = v.path_owner, size = v.size, md5 = v.md5, sharks = v.sharks, "
+                "status = 'pending', reason = 'object_changed', "
+                "detail = 'overwritten during the move; the new version is planned again', "
+                "dest = NULL, round = NULL, updated_at = now() "
+                "FROM (VALUES %s) AS v(oid, object_id, owner, path_owner, size, md5, sharks) "
+                "WHERE o.oid = v.oid AND o.job = {j} AND o.status = 'copied' RETURNING o.oid"
+            ).format(o=self.t("objects"), j=sql.Literal(job))
+            res = psycopg2.extras.execute_values(
+                cur, q.as_string(cur), rows,
+                template="(%s::bigint, %s, %s, %s, %s::bigint, %s, %s)", fetch=True)
+        self.conn.commit()
+        return len(res)
+
+    def fail_destination(self, job, round_no, dests, reason, detail):
+        """Copies assigned to destinations whose copy task failed: back to pending."""
+        with self.conn.cursor() as cur:
+            cur.execute(self.q("UPDATE {o} SET status = 'pending', reason = %s, detail = %s, "
+                               "attempts = attempts + 1, updated_at = now() WHERE job = %s "
+                               "AND status = 'assigned' AND round = %s AND dest = ANY(%s)",
+                               o="objects"), (reason, detail, job, round_no, list(dests)))
+            n = cur.rowcount
+        self.conn.commit()
+        return n
+
+    def round_started(self, job, round_no):
+        with self.conn.cursor() as cur:
+            cur.execute(self.q("SELECT extract(epoch FROM started_at)::float8 FROM {r} "
+                               "WHERE job = %s AND round = %s", r="rounds"), (job, round_no))
+            row = cur.fetchone()
+        self.conn.rollback()
+        return row[0] if row else None
 
     def finish_round(self, job, round_no, metadata_stats):
         with self.conn.cursor() as cur:
@@ -543,7 +606,7 @@ SELECT o.oid, o.shard, o.key, o.node, o.object_id, o.path_owner, o.size, o.md5, 
          WHERE s.job = o.job AND s.shard = o.shard AND s.key = o.key AND s.node <> o.node)
 FROM {o} o
 WHERE o.job = %s AND o.status = 'pending'
-ORDER BY o.path_owner, o.object_id, o.shard, o.key, o.node
+ORDER BY o.oid
 LIMIT %s
 """
 

@@ -70,6 +70,9 @@ def parse_vnodes(items, topology=None, what="vnodes"):
     if items is None or (isinstance(items, (list, tuple, str)) and len(items) == 0):
         raise OwnershipError(f"{what} is empty; give at least one vnode (integers"
                              + (f" 0..{topology.vnode_count - 1}" if topology else "") + ")")
+    if isinstance(items, bool) or not isinstance(items, (list, tuple, str, int)):
+        raise OwnershipError(f"{what} {items!r} is not a list of vnodes; give a list of integers "
+                             "or \"low-high\" ranges, or a string like \"0-99,120\"")
     try:
         vs = _parse(items, topology.vnode_count if topology else None)
     except RingError as exc:

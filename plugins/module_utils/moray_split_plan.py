@@ -147,9 +147,18 @@ def partition(weights, vnodes, fractions):
         w = max(0, int(weights.get(v, 0)))
         (weighted if w > 0 else zero).append((w, v))
     weighted.sort(key=lambda wv: (-wv[0], wv[1]))
+    k = len(groups)
     for w, v in weighted:
-        g = max(range(len(groups)), key=lambda i: (targets[i] - groups[i].load, -i))
-        groups[g].add(w, v)
+        if k == 2:
+            g = 0 if targets[0] - groups[0].load >= targets[1] - groups[1].load else 1
+        else:
+            g = max(range(k), key=lambda i: (targets[i] - groups[i].load, -i))
+        grp = groups[g]
+        grp.items.append((w, v))        # sorted once below; insort here would be quadratic
+        grp.load += w
+        grp.count += 1
+    for grp in groups:
+        grp.items.sort()
     _refine(groups, targets)
     members = [[v for _, v in g.items] for g in groups]
     n = len(vnodes)

@@ -212,6 +212,7 @@ class Cutover:
         init_wal = d["primary"].get("lsn") or "0/00000000"
         st = ms.new_cluster_state(prim, sync, [asyn], lsnmod.normalize(init_wal), self.p["freeze_reason"])
         res = ms.create_state(self.zk, new_shard, st, check_mode=self.check)
+        self.hold("establish_cluster")
         return {"established": {"changed": res["changed"], "init_wal": init_wal,
                                 "generation": (res.get("after") or {}).get("generation")}}
 
@@ -274,6 +275,7 @@ class Cutover:
         with ThreadPoolExecutor(max_workers=3) as ex:
             futs = {r: ex.submit(self.reconfigure_one, r, d[r]) for r in TAIL_FIRST}
             out = {r: f.result() for r, f in futs.items()}
+        self.hold("reconfigure_peers")
         self.timings["reconfigure_peers"] = round(time.monotonic() - t0, 3)
         return {"reconfigured": out}
 
@@ -303,6 +305,7 @@ class Cutover:
         new_shard = self.p["new_shard"]
         t0 = time.monotonic()
         self.wait(f"the new cluster {new_shard} to be healthy", self.cluster_ok, self.p["timeout"], poll=0.1)
+        self.hold("verify_new_shard")
         st = self.load_state(new_shard)
         via = "primary"
         etag = value = None
@@ -359,4 +362,5 @@ class Cutover:
         else:
             raise CutoverError(f"HASH_RING_IMAGE is {cur}, neither this plan's transitional ({trans}), old "
                                f"({old}) nor final ({final}) image: someone else changed the ring; holding")
+        self.hold("install_ring")
         return {"sapi_switched": out}

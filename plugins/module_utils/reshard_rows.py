@@ -145,7 +145,7 @@ class Deleter:
 
     def __init__(self, connect, ghosts, batch_size=1000, pause=0.05, connections=4,
                  progress=None, report_every=2.0, done_tables=(), on_table_done=None,
-                 stop=None):
+                 stop=None, per_table=None):
         if batch_size < 1 or connections < 1 or pause < 0:
             raise RowsError("batch_size and connections must be >= 1, pause >= 0")
         self.connect = connect
@@ -158,6 +158,7 @@ class Deleter:
         self.done_tables = set(done_tables or ())
         self.on_table_done = on_table_done
         self.stop = stop
+        self.per_table = per_table or {}
         self.lock = threading.Lock()
         self.deleted = {}
         self.batches = 0
@@ -201,7 +202,7 @@ class Deleter:
     def _table(self, table, pool):
         self.current = table
         self.deleted.setdefault(table, 0)
-        queue = list(self.ghosts)
+        queue = list(self.per_table[table]) if table in self.per_table else list(self.ghosts)
         qlock = threading.Lock()
 
         def worker(conn):

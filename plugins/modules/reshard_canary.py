@@ -223,6 +223,8 @@ def main():
                 if not module.check_mode:
                     j.set_props({"canary_etags": etags})
             elif p["state"] == "absent":
+                if not module.check_mode and not j.props.get("canaries_removed"):
+                    j.set_props({"canaries_removed": False})
                 for c in p["canaries"]:
                     res["changed"] = True
                     if module.check_mode:
@@ -233,6 +235,10 @@ def main():
                     except rc.EmError as exc:
                         if exc.name != "ObjectNotFoundError":
                             raise
+                if not module.check_mode:
+                    j.set_props({"canaries_removed": True}, event="canary objects removed")
+            elif j.props.get("canaries_removed"):
+                res["removed"] = True
             else:
                 new_etags = {}
                 for c in p["canaries"]:

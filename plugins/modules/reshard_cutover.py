@@ -202,7 +202,7 @@ def main():
     kw = client_kwargs(module)
     sapi = SapiClient(require_url(module, "sapi"), **kw)
     vmapi = VmapiClient(require_url(module, "vmapi"), **kw)
-    res = {"changed": False, "ran": {}, "skipped": [], "paused": False, "timings": {}}
+    res = {"changed": False, "ran": {}, "already_done": [], "paused": False, "timings": {}}
     t_all = time.monotonic()
     try:
         with Zk(p["zk_servers"], p["zk_timeout"]) as zk:
@@ -221,10 +221,10 @@ def main():
             for step in p["steps"]:
                 phase = PHASE_OF.get(step, step)
                 if step != "switch_sapi" and j.done(phase):
-                    res["skipped"].append(step)
+                    res["already_done"].append(step)
                     continue
                 if step == "switch_sapi" and j.done("install_ring"):
-                    res["skipped"].append(step)
+                    res["already_done"].append(step)
                     continue
                 if p["pause_before"] == phase:
                     if not module.check_mode:

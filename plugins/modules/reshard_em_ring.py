@@ -249,7 +249,11 @@ class Swapper:
         if in_place == img and st is not None:
             ok, why = self.view_ok(st)
             if ok:
-                self.res["serving_ts"] = None
+                # already done (maybe by a run that was killed before journaling it): the process's start
+                # time is when it began serving this ring
+                from ansible_collections.manta.ops.plugins.module_utils.reshard_journal import parse_iso
+                self.res["serving_ts"] = parse_iso(st.get("start_time"))
+                self.res["already"] = True
                 self.res["status"] = self.short(st)
                 return
         self.res["changed"] = True

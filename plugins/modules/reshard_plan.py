@@ -164,6 +164,7 @@ errors:
 import os
 import shutil
 import tempfile
+import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
@@ -190,6 +191,7 @@ class Planner:
         self.p = module.params
         self.facts = {"errors": [], "warnings": []}
         self.zk = None
+        self.t0 = time.time()
 
     def err(self, msg):
         self.facts["errors"].append(msg)
@@ -477,8 +479,11 @@ class Planner:
         if resume:
             doc = resume
         else:
-            doc = rj.new_plan(plan_id, f["shard"], f["new_shard"], inputs_doc)
+            doc = rj.new_plan(plan_id, f["shard"], f["new_shard"], inputs_doc, now=self.t0)
             doc["props"].update(self.initial_props(canaries, split, est, facts))
+            rj.phase_start(doc, "validate", now=self.t0)
+            rj.phase_end(doc, "validate", note=f"{len(vnodes)} vnodes, servers "
+                         + ", ".join(s.get("hostname") or s["uuid"] for s in d["servers"]))
             if not self.m.check_mode:
                 try:
                     doc, _ = rj.create(self.zk, doc)

@@ -58,9 +58,10 @@ def _free_base():
 @pytest.fixture(scope="module")
 def lab():
     # Not pytest's tmp dir: it is 0700 root, and postgres runs as its own user.
+    base = _free_base()
     home = tempfile.mkdtemp(prefix="manta-lab-dataplane-")
     os.chmod(home, 0o755)
-    cfg = config.LabConfig(home=str(home), base_port=_free_base(), shards=2, emorays=2,
+    cfg = config.LabConfig(home=str(home), base_port=base, shards=2, emorays=2,
                            storage_nodes=4, vnodes=256, domain="example.com")
     cfg.save()
     try:

@@ -208,6 +208,9 @@ def make_handler(service):
         protocol_version = "HTTP/1.1"
         server_version = service.server_header
         sys_version = ""
+        # A client that stops sending (e.g. a chunked body that never ends)
+        # must not hold a server thread forever.
+        timeout = 60
 
         def version_string(self):
             return service.server_header

@@ -24,8 +24,9 @@ from .errors import (RingCorruptError, RingError, RingExistsError, RingInputErro
                      RingLockedError, RingLookupError, RingNotFoundError)
 from .hashing import (ALGORITHM_NAMES, VERSION, Hasher, algorithm_record, check_version,
                       compute_interval, format_interval, normalize_algorithm, vnode_for_key)
-from .leveldb_store import (LevelRing, create_ring, dump_ring, is_ring_dir, make_sst, open_ring, read_topology,
-                            snapshot_ring, write_topology)
+from .dbfiles import dump_ring, is_ring_dir, make_sst, snapshot_ring
+from .leveldb_store import LevelRing, open_ring, read_topology
+from .ring_writer import create_ring, write_topology
 from .ops.diff import diff_rings, node_style_diff, summarize_diff
 from .routing import node_dirname, node_for_path, route, transform_key
 from .topology import Topology

@@ -23,7 +23,8 @@ import sys
 from .errors import RingError, RingInputError
 from .hashing import normalize_algorithm
 from .jsenc import js_dumps
-from .leveldb_store import create_ring, open_ring, write_topology
+from .leveldb_store import open_ring
+from .ring_writer import create_ring, write_topology
 from .ops.diff import diff_rings, node_style_diff
 from .routing import transform_key
 from .topology import Topology

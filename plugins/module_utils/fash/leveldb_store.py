@@ -17,167 +17,28 @@ Keys (UTF-8, no prefix) and values (``JSON.stringify`` text):
 ``COMPLETE``                1
 ==========================  ============================================
 
-Every multi-key change of a :class:`LevelRing` is one LevelDB write batch:
-a crash leaves the old ring or the new one. A new ring is written into a
-temporary directory and renamed into place, so it appears whole or not at all.
+An open ring is a :class:`LevelRing`: reads as electric-moray reads, and
+mutations that validate everything, then write all their keys in one LevelDB
+write batch, so a crash leaves the old ring or the new one. New rings are
+written by :mod:`.ring_writer`; opening and locking is :mod:`.dbfiles`.
 """
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
-import queue
-import shutil
-import threading
 from array import array
 
-try:
-    import plyvel
-except ImportError:  # pragma: no cover - reported by open_ring/create_ring
-    plyvel = None
-
-from .errors import (RingCorruptError, RingError, RingExistsError, RingInputError,
-                     RingLockedError, RingLookupError, RingNotFoundError)
+from .dbfiles import (_open_db, _sst_style, dump_ring, is_ring_dir, make_sst,  # noqa: F401 (re-exported)
+                      rename_tables_to_sst, snapshot_ring)
+from .errors import RingCorruptError, RingError, RingInputError, RingLookupError, RingNotFoundError
 from .hashing import Hasher, parse_hex, version_problem
 from .jsenc import is_no_data, js_dumpb, js_loadb
+from .keys import (K_ALGORITHM, K_COMPLETE, K_PNODE, K_VERSION, K_VNODE_COUNT, K_VNODE_DATA,  # noqa: F401
+                   ONE as _ONE, VNODE_PREFIX, data_key, int_list_json, pnode_key, vnode_key)
 from .topology import Topology
 from .vnodes import check_pnode, parse_vnodes, ranges
 
-K_VNODE_COUNT = b"VNODE_COUNT"
-K_VNODE_DATA = b"VNODE_DATA"
-K_PNODE = b"/PNODE"
-K_ALGORITHM = b"ALGORITHM"
-K_VERSION = b"VERSION"
-K_COMPLETE = b"COMPLETE"
-VNODE_PREFIX = b"/VNODE/"
-PNODE_PREFIX = b"/PNODE/"
-
-#: LevelDB options matching fash create (no Snappy compression, §4.1)
-WRITE_BUFFER_SIZE = 64 << 20
 _MISSING = object()
-_ONE = b"1"
-
-
-def vnode_key(v):
-    return b"/VNODE/%d" % v
-
-
-def pnode_key(pnode):
-    return PNODE_PREFIX + pnode.encode("utf-8")
-
-
-def data_key(pnode, v):
-    return PNODE_PREFIX + pnode.encode("utf-8") + b"/%d" % v
-
-
-def int_list_json(values):
-    return ("[" + ",".join(map(str, values)) + "]").encode("ascii")
-
-
-def _need_plyvel():
-    if plyvel is None:
-        raise RingError("the Python package plyvel is required for LevelDB rings (pip install plyvel)")
-
-
-def _lock_path(path):
-    return os.path.join(path, "LOCK")
-
-
-def _translate_open_error(path, exc):
-    msg = exc.args[0] if exc.args else str(exc)
-    if isinstance(msg, bytes):
-        msg = msg.decode("utf-8", "replace")
-    msg = str(msg)
-    if "lock" in msg.lower():
-        lock = _lock_path(path)
-        return RingLockedError(
-            "ring %s is in use: cannot lock %s (%s). Another process (electric-moray, fash, another "
-            "module run) holds it; stop it or work on a copy of the ring." % (path, lock, msg.strip()), lock)
-    if plyvel is not None and isinstance(exc, plyvel.CorruptionError):
-        return RingCorruptError("ring %s is corrupt: %s" % (path, msg))
-    return RingError("cannot open ring %s: %s" % (path, msg))
-
-
-# Rings this process has open. LevelDB refuses a second open of the same
-# directory in one process, but in doing so it closes a descriptor of the LOCK
-# file, which drops the process's fcntl lock: another process could then open
-# the ring too. So a second open is refused here, before LevelDB sees it.
-_OPEN = set()
-_OPEN_GUARD = threading.Lock()
-
-
-def _open_db(path, create=False):
-    _need_plyvel()
-    real = os.path.realpath(path)
-    with _OPEN_GUARD:
-        if real in _OPEN:
-            lock = _lock_path(path)
-            raise RingLockedError(
-                "ring %s is in use: cannot lock %s (this process already has the ring open; close it "
-                "first)" % (path, lock), lock)
-        try:
-            db = plyvel.DB(path, create_if_missing=create, error_if_exists=create, compression=None,
-                           write_buffer_size=WRITE_BUFFER_SIZE)
-        except plyvel.Error as exc:
-            raise _translate_open_error(path, exc) from None
-        _OPEN.add(real)
-    return _DB(db, real)
-
-
-class _DB(object):
-    """A plyvel DB that leaves the open-ring registry when closed."""
-
-    __slots__ = ("db", "real", "get", "iterator", "write_batch", "compact_range")
-
-    def __init__(self, db, real):
-        self.db = db
-        self.real = real
-        self.get = db.get
-        self.iterator = db.iterator
-        self.write_batch = db.write_batch
-        self.compact_range = db.compact_range
-
-    def put(self, key, value):
-        self.db.put(key, value)
-
-    def delete(self, key):
-        self.db.delete(key)
-
-    @property
-    def closed(self):
-        return self.db.closed
-
-    def close(self):
-        if not self.db.closed:
-            self.db.close()
-            with _OPEN_GUARD:
-                _OPEN.discard(self.real)
-
-
-def is_ring_dir(path):
-    """True when ``path`` looks like a LevelDB directory (has CURRENT)."""
-    return os.path.isfile(os.path.join(path, "CURRENT"))
-
-
-def _sst_style(path):
-    files = os.listdir(path)
-    return any(f.endswith(".sst") for f in files) and not any(f.endswith(".ldb") for f in files)
-
-
-def rename_tables_to_sst(path):
-    """Rename ``*.ldb`` to ``*.sst`` so LevelDB 1.11 (mantav1 electric-moray) can read them (§4.5)."""
-    for f in glob.glob(os.path.join(glob.escape(path), "*.ldb")):
-        os.rename(f, f[:-4] + ".sst")
-
-
-def make_sst(path):
-    """Compact a ring into table files and name them ``.sst`` (readable by LevelDB 1.11 and later)."""
-    db = _open_db(path)
-    try:
-        db.compact_range()
-    finally:
-        db.close()
-    rename_tables_to_sst(path)
 
 
 class LevelRing(object):
@@ -220,12 +81,6 @@ class LevelRing(object):
         except ValueError:
             raise RingCorruptError("ring %s: value of key %s is not JSON: %r"
                                    % (self.path, key.decode("utf-8", "replace"), raw[:80])) from None
-
-    def _put(self, key, raw):
-        self._txn[key] = raw
-
-    def _delete(self, key):
-        self._txn[key] = None
 
     def _corrupt(self, what):
         return RingCorruptError("ring %s is corrupt or incomplete: %s" % (self.path, what))
@@ -514,23 +369,74 @@ class LevelRing(object):
         self._writable()
         topo = self.topology()
         fixes = []
-        with self.transaction():
-            listed = self.pnodes()
-            owned = topo.counts()
-            missing = [p for p in topo.pnodes() if p not in listed and owned[p]]
-            if missing:
-                self._put(K_PNODE, js_dumpb(listed + missing))
-                fixes.append("added %s to /PNODE" % ", ".join(missing))
-            for p in topo.pnodes():
-                if self._get(pnode_key(p)) is None and (p in listed or owned[p]):
-                    self._put(pnode_key(p), int_list_json(topo.vnodes_of(p)))
-                    fixes.append("rebuilt /PNODE/%s (%d vnodes)" % (p, owned[p]))
-            if self._get(K_VNODE_DATA) is None:
-                self._put(K_VNODE_DATA, int_list_json(list(topo.data_vnodes())))
-                fixes.append("rebuilt VNODE_DATA")
+        writes = []
+        listed = self.pnodes()
+        owned = topo.counts()
+        missing = [p for p in topo.pnodes() if p not in listed and owned[p]]
+        if missing:
+            writes.append((K_PNODE, js_dumpb(listed + missing)))
+            fixes.append("added %s to /PNODE" % ", ".join(missing))
+        for p in topo.pnodes():
+            if self._get(pnode_key(p)) is None and (p in listed or owned[p]):
+                writes.append((pnode_key(p), int_list_json(topo.vnodes_of(p))))
+                fixes.append("rebuilt /PNODE/%s (%d vnodes)" % (p, owned[p]))
+        if self._get(K_VNODE_DATA) is None:
+            writes.append((K_VNODE_DATA, int_list_json(list(topo.data_vnodes()))))
+            fixes.append("rebuilt VNODE_DATA")
+        if writes:
+            with self._writer() as (put, delete):
+                for k, v in writes:
+                    put(k, v)
         return fixes
 
     # ------------------------------------------------------------------ mutations
+    @contextlib.contextmanager
+    def _writer(self):
+        """``(put, delete)`` for one operation's writes.
+
+        Inside :meth:`transaction` they go to the transaction's overlay;
+        otherwise straight into a LevelDB write batch, written when the
+        operation's block ends without an exception.
+        """
+        self._writable()
+        txn = self._txn
+        if txn is not None:
+            yield txn.__setitem__, lambda k: txn.__setitem__(k, None)
+            return
+        wb = self._db.write_batch()
+        yield wb.put, wb.delete
+        wb.write()
+        self._dirty = True
+
+    def _getter(self):
+        """The raw getter: LevelDB's own when no transaction overlay is pending (faster)."""
+        return self._raw if self._txn else self._db.get
+
+    def _data_raws(self, old_key, old_list, lst):
+        """Raw data values of vnodes ``lst`` under ``old_key``: point reads, or one range scan for many."""
+        prefix = old_key + b"/"
+        if not self._txn and len(lst) >= 1000 and 4 * len(lst) >= len(old_list):
+            plen = len(prefix)
+            want = set(lst)
+            found = {}
+            for k, d in self._db.iterator(prefix=prefix):
+                rest = k[plen:]
+                if rest.isdigit():
+                    v = int(rest)
+                    if v in want:
+                        found[v] = _ONE if d == _ONE else d
+            raws = [found.get(v) for v in lst]
+        else:
+            raw = self._getter()
+            raws = []
+            for v in lst:
+                d = raw(prefix + b"%d" % v)
+                raws.append(_ONE if d == _ONE else d)
+        for v, d in zip(lst, raws):
+            if d is None:
+                raise self._corrupt("key %s%d is missing" % (prefix.decode("utf-8", "replace"), v))
+        return raws
+
     def remap(self, vnodes, pnode, strict=True, strict_pnode=True):
         """Move ``vnodes`` to ``pnode`` in one batch, creating the pnode if new.
 
@@ -544,64 +450,60 @@ class LevelRing(object):
         self._writable()
         vs = parse_vnodes(vnodes, self._n)
         check_pnode(pnode, strict_pnode)
-        with self.transaction():
-            plist = self.pnodes()
-            new_key = pnode_key(pnode)
-            new_list = self._get(new_key)
-            raw = self._raw
-            loads = js_loadb
-            by_old = {}
-            moved = []
-            for v in vs:
-                r = raw(b"/VNODE/%d" % v)
+        # read and validate everything first
+        plist = self.pnodes()
+        new_key = pnode_key(pnode)
+        new_list = self._get(new_key)
+        raw = self._getter()
+        names = {}
+        by_old = {}
+        moved = []
+        for v in vs:
+            r = raw(b"/VNODE/%d" % v)
+            old = names.get(r)
+            if old is None:
                 if r is None:
                     raise self._corrupt("key /VNODE/%d is missing" % v)
-                old = loads(r)
-                if old == pnode:
-                    if strict:
-                        raise RingInputError("vnode %d already belongs to pnode %s" % (v, pnode))
-                    continue
-                lst = by_old.get(old)
-                if lst is None:
-                    lst = by_old[old] = []
-                lst.append(v)
-                moved.append(v)
-            if not moved:
-                return []
-            plan = []
-            for old, lst in by_old.items():
-                old_key = pnode_key(old)
-                old_list = self._get(old_key)
-                if not isinstance(old_list, list):
-                    raise self._corrupt("key /PNODE/%s (the vnode list of the pnode vnode %d is on) is missing"
-                                        % (old, lst[0]))
-                mv = set(lst)
-                remaining = [x for x in old_list if x not in mv]
-                if len(old_list) - len(remaining) < len(mv):
-                    present = set(old_list)
-                    v = next(x for x in lst if x not in present)
-                    raise self._corrupt("vnode %d does not exist in old pnode %s's list /PNODE/%s" % (v, old, old))
+                old = names[r] = js_loadb(r)
+            if old == pnode:
+                if strict:
+                    raise RingInputError("vnode %d already belongs to pnode %s" % (v, pnode))
+                continue
+            lst = by_old.get(old)
+            if lst is None:
+                lst = by_old[old] = []
+            lst.append(v)
+            moved.append(v)
+        if not moved:
+            return []
+        plan = []
+        for old, lst in by_old.items():
+            old_key = pnode_key(old)
+            old_list = self._get(old_key)
+            if not isinstance(old_list, list):
+                raise self._corrupt("key /PNODE/%s (the vnode list of the pnode vnode %d is on) is missing"
+                                    % (old, lst[0]))
+            mv = set(lst)
+            remaining = [x for x in old_list if x not in mv]
+            if len(old_list) - len(remaining) < len(mv):
+                present = set(old_list)
+                v = next(x for x in lst if x not in present)
+                raise self._corrupt("vnode %d does not exist in old pnode %s's list /PNODE/%s" % (v, old, old))
+            plan.append((old_key, remaining, lst, self._data_raws(old_key, old_list, lst)))
+        pval = js_dumpb(pnode)
+        new_prefix = new_key + b"/"
+        with self._writer() as (put, delete):
+            for old_key, remaining, lst, raws in plan:
+                put(old_key, int_list_json(remaining))
                 prefix = old_key + b"/"
-                raws = []
-                for v in lst:
-                    d = raw(prefix + b"%d" % v)
-                    if d is None:
-                        raise self._corrupt("key /PNODE/%s/%d is missing" % (old, v))
-                    raws.append(_ONE if d == _ONE else d)
-                plan.append((old_key, prefix, remaining, lst, raws))
-            txn = self._txn
-            pval = js_dumpb(pnode)
-            new_prefix = new_key + b"/"
-            for old_key, prefix, remaining, lst, raws in plan:
-                txn[old_key] = int_list_json(remaining)
                 for v, d in zip(lst, raws):
                     s = b"%d" % v
-                    txn[prefix + s] = None
-                    txn[new_prefix + s] = d
-                    txn[VNODE_PREFIX + s] = pval
-            txn[new_key] = int_list_json((new_list or []) + moved)
+                    delete(prefix + s)
+                    put(new_prefix + s, d)
+                    put(VNODE_PREFIX + s, pval)
+            put(new_key, int_list_json((new_list or []) + moved))
             if pnode not in plist:
-                txn[K_PNODE] = js_dumpb(plist + [pnode])
+                put(K_PNODE, js_dumpb(plist + [pnode]))
         return moved
 
     def set_data(self, vnodes, data):
@@ -614,42 +516,47 @@ class LevelRing(object):
         vs = parse_vnodes(vnodes, self._n)
         clear = data is None or is_no_data(data)
         enc = _ONE if clear else js_dumpb(data)
-        with self.transaction():
-            vd_orig = self._get(K_VNODE_DATA)
-            if vd_orig is not None and not isinstance(vd_orig, list):
-                raise self._corrupt("key VNODE_DATA is not a list")
-            keys = []
-            changed = []
-            for v in vs:
-                pnode = self._get(vnode_key(v))
-                if not isinstance(pnode, str):
+        vd_orig = self._get(K_VNODE_DATA)
+        if vd_orig is not None and not isinstance(vd_orig, list):
+            raise self._corrupt("key VNODE_DATA is not a list")
+        raw = self._getter()
+        names = {}
+        keys = []
+        changed = []
+        for v in vs:
+            r = raw(b"/VNODE/%d" % v)
+            pnode = names.get(r)
+            if pnode is None:
+                if r is None:
                     raise self._corrupt("key /VNODE/%d is missing" % v)
-                dk = data_key(pnode, v)
-                cur = self._raw(dk)
-                if cur is None:
-                    raise self._corrupt("key /PNODE/%s/%d is missing" % (pnode, v))
-                keys.append(dk)
-                if cur != enc:
-                    changed.append(v)
+                pnode = names[r] = js_loadb(r)
+            dk = data_key(pnode, v)
+            cur = raw(dk)
+            if cur is None:
+                raise self._corrupt("key /PNODE/%s/%d is missing" % (pnode, v))
+            keys.append(dk)
+            if cur != enc:
+                changed.append(v)
+        norm = []
+        seen = set()
+        for item in vd_orig or []:
+            try:
+                x = int(item)
+            except (TypeError, ValueError):
+                continue
+            if x not in seen:
+                seen.add(x)
+                norm.append(x)
+        if clear:
+            drop = set(vs)
+            new = [x for x in norm if x not in drop]
+        else:
+            new = norm + [v for v in vs if v not in seen]
+        with self._writer() as (put, delete):
             for dk in keys:
-                self._put(dk, enc)
-            norm = []
-            seen = set()
-            for item in vd_orig or []:
-                try:
-                    x = int(item)
-                except (TypeError, ValueError):
-                    continue
-                if x not in seen:
-                    seen.add(x)
-                    norm.append(x)
-            if clear:
-                drop = set(vs)
-                new = [x for x in norm if x not in drop]
-            else:
-                new = norm + [v for v in vs if v not in seen]
+                put(dk, enc)
             if vd_orig is None or new != vd_orig:
-                self._put(K_VNODE_DATA, int_list_json(new))
+                put(K_VNODE_DATA, int_list_json(new))
         return changed
 
     def remove_pnode(self, pnode):
@@ -661,25 +568,26 @@ class LevelRing(object):
         self._writable()
         if not isinstance(pnode, str):
             raise RingInputError("pnode %r is not a string" % (pnode,))
-        with self.transaction():
-            plist = self.pnodes()
-            key = pnode_key(pnode)
-            lst = self._get(key)
-            if lst is None:
-                raise RingInputError("pnode %s does not exist in the ring; pnodes are: %s"
-                                     % (pnode, ", ".join(plist)))
-            if lst:
-                raise RingInputError("pnode %s still maps to %d vnodes (%s); remap them to other pnodes first"
-                                     % (pnode, len(lst), _short_ranges(lst)))
-            pval = js_dumpb(pnode)
-            txn = self._txn
-            for k, raw in self._db.iterator(prefix=VNODE_PREFIX):
-                r = txn.get(k, raw) if txn else raw
-                if r == pval:
-                    raise self._corrupt("/PNODE/%s is empty but %s still maps to it" % (pnode, k.decode()))
-            self._delete(key)
+        plist = self.pnodes()
+        key = pnode_key(pnode)
+        lst = self._get(key)
+        if lst is None:
+            raise RingInputError("pnode %s does not exist in the ring; pnodes are: %s"
+                                 % (pnode, ", ".join(plist)))
+        if lst:
+            raise RingInputError("pnode %s still maps to %d vnodes (%s); remap them to other pnodes first"
+                                 % (pnode, len(lst), _short_ranges(lst)))
+        pval = js_dumpb(pnode)
+        txn = self._txn
+        for k, r in self._db.iterator(prefix=VNODE_PREFIX):
+            if txn:
+                r = txn.get(k, r)
+            if r == pval:
+                raise self._corrupt("/PNODE/%s is empty but %s still maps to it" % (pnode, k.decode()))
+        with self._writer() as (put, delete):
+            delete(key)
             if pnode in plist:
-                self._put(K_PNODE, js_dumpb([p for p in plist if p != pnode]))
+                put(K_PNODE, js_dumpb([p for p in plist if p != pnode]))
         return True
 
 
@@ -708,198 +616,6 @@ def open_ring(path, readonly=False):
     return LevelRing(path, db, readonly=readonly)
 
 
-def _check_target(path):
-    if os.path.lexists(path):
-        if not os.path.isdir(path):
-            raise RingExistsError("cannot write a ring at %s: it exists and is not a directory" % path)
-        if is_ring_dir(path):
-            raise RingExistsError("cannot write a ring at %s: it already holds a ring (remove it or choose "
-                                  "another path)" % path)
-        if os.listdir(path):
-            raise RingExistsError("cannot write a ring at %s: the directory is not empty" % path)
-
-
-def _vnode_data_order(topo):
-    """VNODE_DATA as deserialize writes it: pnode (ring) order, then ascending vnode; as numbers."""
-    data = topo._data
-    if not data:
-        return []
-    owner = topo._owner
-    order = {pid: i for i, pid in enumerate(i for i, n in enumerate(topo._names) if n is not None)}
-    return sorted(data, key=lambda v: (order[owner[v]], v))
-
-
-def ring_items(topo):
-    """Every ``(key, value)`` of the LevelDB ring for ``topo`` (unsorted), as bytes."""
-    names = topo._names
-    owner = topo._owner
-    data = topo._data
-    pvals = [js_dumpb(n) if n is not None else None for n in names]
-    pkeys = [pnode_key(n) + b"/" if n is not None else None for n in names]
-    buckets = topo._buckets()
-    denc = {v: js_dumpb(d) for v, d in data.items()}
-    for v in range(topo._n):
-        pid = owner[v]
-        s = b"%d" % v
-        yield VNODE_PREFIX + s, pvals[pid]
-        yield pkeys[pid] + s, denc.get(v, _ONE)
-    for pid, n in enumerate(names):
-        if n is not None:
-            yield pnode_key(n), int_list_json(buckets[pid])
-    yield from _meta_items(topo)
-
-
-def _meta_items(topo):
-    yield K_PNODE, js_dumpb(topo.pnodes())
-    yield K_VNODE_COUNT, b"%d" % topo._n
-    yield K_VNODE_DATA, int_list_json(_vnode_data_order(topo))
-    yield K_ALGORITHM, js_dumpb(topo.algorithm)
-    yield K_VERSION, js_dumpb(topo.version)
-    yield K_COMPLETE, _ONE
-
-
-def _write_plyvel(topo, path, chunk=100000):
-    """Write ``topo`` into a new LevelDB at ``path`` with pipelined plyvel batches."""
-    db = _open_db(path, create=True)
-    errors = []
-    q = queue.Queue(maxsize=2)
-
-    def writer():
-        while True:
-            wb = q.get()
-            if wb is None:
-                return
-            if not errors:
-                try:
-                    wb.write()
-                except Exception as exc:  # pragma: no cover - disk full and the like
-                    errors.append(exc)
-
-    th = threading.Thread(target=writer, name="fash-ring-writer", daemon=True)
-    th.start()
-    try:
-        names, owner = topo._names, topo._owner
-        pvals = [js_dumpb(n) if n is not None else None for n in names]
-        pkeys = [pnode_key(n) + b"/" if n is not None else None for n in names]
-        denc = {v: js_dumpb(d) for v, d in topo._data.items()}
-        n = topo._n
-        for start in range(0, n, chunk):
-            wb = db.write_batch()
-            put = wb.put
-            if denc:
-                for v in range(start, min(n, start + chunk)):
-                    pid = owner[v]
-                    s = b"%d" % v
-                    put(b"/VNODE/" + s, pvals[pid])
-                    put(pkeys[pid] + s, denc.get(v, _ONE))
-            else:
-                for v in range(start, min(n, start + chunk)):
-                    pid = owner[v]
-                    s = b"%d" % v
-                    put(b"/VNODE/" + s, pvals[pid])
-                    put(pkeys[pid] + s, _ONE)
-            q.put(wb)
-            if errors:
-                break
-        q.put(None)
-        th.join()
-        if errors:
-            raise RingError("writing ring %s failed: %s" % (path, errors[0]))
-        wb = db.write_batch()
-        buckets = topo._buckets()
-        for pid, name in enumerate(names):
-            if name is not None:
-                wb.put(pnode_key(name), int_list_json(buckets[pid]))
-        for k, v in _meta_items(topo):
-            wb.put(k, v)           # COMPLETE goes in the last batch
-        wb.write()
-        db.compact_range()
-    finally:
-        if th.is_alive():
-            q.put(None)
-            th.join()
-        db.close()
-
-
-def write_topology(topology, path, sst=False, strict_pnodes=True, engine="auto"):
-    """Write ``topology`` as a new LevelDB ring at ``path`` (which must not hold a ring).
-
-    The keys are those ``fash deserialize-ring`` writes (``VNODE_DATA`` as
-    numbers; empty pnodes kept with ``[]``). The ring is built in a
-    temporary directory beside ``path`` and renamed into place. ``sst=True``
-    names the table files ``.sst`` for mantav1's LevelDB 1.11 (§4.5).
-    ``strict_pnodes`` refuses pnode names that are not ``tcp://host:port``.
-    """
-    if not isinstance(topology, Topology):
-        raise RingInputError("write_topology needs a Topology, got %r" % (type(topology).__name__,))
-    path = os.fspath(path)
-    for p in topology.pnodes():
-        check_pnode(p, strict_pnodes)
-    _need_plyvel()
-    _check_target(path)
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, ".%s.fash-tmp-%d-%d" % (os.path.basename(os.path.abspath(path)), os.getpid(),
-                                                      threading.get_ident() % 100000))
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_engine(engine)(topology, tmp)
-        if sst:
-            rename_tables_to_sst(tmp)
-        if os.path.isdir(path):
-            os.rmdir(path)  # empty, checked above
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_engine(engine):
-    if engine in ("auto", "sstable"):
-        from . import sstable
-        if sstable.available():
-            return sstable.write_ring
-        if engine == "sstable":
-            raise RingError("the sstable writer needs the crc32c package")
-    if engine in ("auto", "plyvel"):
-        return _write_plyvel
-    raise RingInputError("engine %r is not one of auto, sstable, plyvel" % (engine,))
-
-
-def create_ring(path, pnodes, vnodes, algorithm="sha256", sst=False, engine="auto"):
-    """Create a new ring exactly as ``fash create -b leveldb`` does (same keys and values).
-
-    ``pnodes`` must be ``tcp://host:port`` names (a list, or a string split
-    on commas/spaces); vnode v goes to ``sorted(pnodes)[v % len(pnodes)]``.
-    Refuses when ``path`` already holds a ring.
-    """
-    topo = Topology.create(pnodes, vnodes, algorithm, strict_pnodes=True)
-    write_topology(topo, path, sst=sst, strict_pnodes=True, engine=engine)
-
-
-@contextlib.contextmanager
-def snapshot_ring(path):
-    """A private copy of a ring directory (without its LOCK), removed afterwards.
-
-    Reading the copy leaves the ring itself untouched (a LevelDB open rewrites
-    CURRENT/MANIFEST/log files even to read) and works while another process
-    holds the ring. Check mode and the info module read through it.
-    """
-    import tempfile
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise RingNotFoundError("no ring at %s: the directory does not exist" % path)
-    if not is_ring_dir(path):
-        raise RingNotFoundError("no ring at %s: the directory has no LevelDB CURRENT file" % path)
-    tmp = tempfile.mkdtemp(prefix="fash-snapshot-")
-    copy = os.path.join(tmp, "ring")
-    try:
-        shutil.copytree(path, copy, ignore=shutil.ignore_patterns("LOCK"))
-        yield copy
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def read_topology(path, snapshot=False):
     """Read a whole LevelDB ring into a :class:`Topology` (takes and releases the lock).
 
@@ -912,13 +628,11 @@ def read_topology(path, snapshot=False):
         return ring.topology()
 
 
-def dump_ring(path):
-    """``[(key, value)]`` raw bytes of a ring in key order (takes and releases the lock)."""
-    path = os.fspath(path)
-    if not is_ring_dir(path):
-        raise RingNotFoundError("no LevelDB database at %s" % path)
-    db = _open_db(path)
-    try:
-        return list(db.iterator())
-    finally:
-        db.close()
+
+
+def __getattr__(name):
+    # create_ring/write_topology moved to ring_writer; keep old imports working
+    if name in ("create_ring", "write_topology", "ring_items"):
+        from . import ring_writer
+        return getattr(ring_writer, name)
+    raise AttributeError(name)

@@ -293,7 +293,7 @@ def _level_for(total_bytes):
 # ---------------------------------------------------------------------- ring layout
 def _pnode_table(topo, dec, strs, owners_lex, path):
     from .jsenc import js_dumpb
-    from .leveldb_store import int_list_json
+    from .keys import int_list_json
 
     names, owner, data = topo._names, topo._owner, topo._data
     live = [(n.encode("utf-8"), pid) for pid, n in enumerate(names) if n is not None]
@@ -347,7 +347,7 @@ def _pnode_table(topo, dec, strs, owners_lex, path):
 
 def _vnode_table(topo, strs, owners_lex, path):
     from .jsenc import js_dumpb
-    from .leveldb_store import _meta_items
+    from .ring_writer import _meta_items
 
     pvals = [js_dumpb(n) if n is not None else b"null" for n in topo._names]
     meta = sorted(_meta_items(topo))
@@ -424,7 +424,7 @@ def _parallel_ok():
 
 def write_ring(topo, path):
     """Write ``topo`` as a new LevelDB database at ``path`` (which must not exist). Falls back when unsupported."""
-    from .leveldb_store import _write_plyvel
+    from .ring_writer import _write_plyvel
 
     os.mkdir(path)
     n = topo._n

@@ -102,6 +102,9 @@ def parse_vnodes(items, vnode_count=None, allow_duplicates=False):
         items = split_list(items)
     elif isinstance(items, int) and not isinstance(items, bool):
         items = [items]
+    fast = _fast_vnodes(items, vnode_count, allow_duplicates)
+    if fast is not None:
+        return fast
     out = []
     for item in items:
         if isinstance(item, str) and "-" in item.strip()[1:]:
@@ -118,6 +121,27 @@ def parse_vnodes(items, vnode_count=None, allow_duplicates=False):
             if v in seen:
                 raise RingInputError("vnode %d is listed more than once; each vnode may appear once" % v)
             seen.add(v)
+    return out
+
+
+def _fast_vnodes(items, vnode_count, allow_duplicates):
+    """C-speed validation of long, clean lists (ints, or plain decimal strings); None to take the slow path."""
+    if not isinstance(items, (list, tuple)) or len(items) < 64:
+        return None
+    kinds = set(map(type, items))
+    if kinds == {int}:
+        out = list(items)
+    elif kinds == {str}:
+        joined = "".join(items)
+        if not (joined.isascii() and joined.isdigit()) or "" in items:
+            return None
+        out = list(map(int, items))
+    else:
+        return None
+    if min(out) < 0 or (vnode_count is not None and max(out) >= vnode_count):
+        return None                         # the slow path names the offending vnode
+    if not allow_duplicates and len(set(out)) != len(out):
+        return None
     return out
 
 

@@ -159,3 +159,19 @@ def test_diff_is_compact_for_big_moves(tmp_path):
     assert res["pnodes"][P4] == 10000
     res = _ok(run_module("fash_ring", {"path": ring, "remap": [{"vnodes": moving, "pnode": P4}]}))
     assert not res["changed"]
+
+
+def test_existing_ring_algorithm_and_sst(tmp_path):
+    ring = str(tmp_path / "md5")
+    create_ring(ring, PNODES, 12, algorithm="md5")
+    res = _ok(run_module("fash_ring", {"path": ring, "vnodes": 12, "pnodes": PNODES}))
+    assert not res["changed"]                      # algorithm not given: the ring's own is fine
+    res = run_module("fash_ring", {"path": ring, "algorithm": "sha256"})
+    assert res["failed"] and "algorithm sha256 does not match the existing ring's md5" in res["msg"]
+    sst = str(tmp_path / "sst")
+    res = _ok(run_module("fash_ring", {"path": sst, "vnodes": 30, "pnodes": PNODES, "sst": True,
+                                       "data": [{"vnodes": [1], "value": "ro"}]}))
+    assert res["created"] and res["data_vnodes"] == 1
+    assert sorted(f for f in os.listdir(sst) if f.endswith((".sst", ".ldb"))) == ["000002.sst", "000003.sst"]
+    res = _ok(run_module("fash_ring", {"path": sst, "remap": [{"vnodes": "0-5", "pnode": P4}]}))
+    assert res["changed"] and not any(f.endswith(".ldb") for f in os.listdir(sst))

@@ -8,7 +8,8 @@ import contextlib
 import os
 
 from ..errors import RingInputError
-from ..leveldb_store import is_ring_dir, open_ring, snapshot_ring
+from ..dbfiles import is_ring_dir, snapshot_ring
+from ..leveldb_store import open_ring
 from ..routing import route
 from ..topology import Topology
 from ..vnodes import ranges

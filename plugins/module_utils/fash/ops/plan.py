@@ -15,7 +15,9 @@ import os
 from ..errors import RingError, RingInputError
 from ..hashing import normalize_algorithm
 from ..jsenc import js_dumps
-from ..leveldb_store import is_ring_dir, open_ring, snapshot_ring, write_topology
+from ..dbfiles import is_ring_dir, snapshot_ring
+from ..leveldb_store import open_ring
+from ..ring_writer import write_topology
 from ..topology import Topology
 from ..vnodes import check_pnode, parse_vnodes, ranges
 from .diff import diff_rings, summarize_diff
