@@ -8,7 +8,6 @@ electric_moray, storage. Lab hosts are reached with the local connection; zone-l
 service control goes through `manta_svcadm`, which is plain `svcadm` in production.
 """
 import json
-import os
 import re
 import sys
 from pathlib import Path

@@ -134,35 +134,13 @@ def provision(cfg, server_uuid=None, zuuid=None, metadata=None, index=None):
 
 
 def destroy(cfg, zone):
-    stop_service(cfg, zone, SVC)
-    zones.remove(cfg, zone["uuid"])
-    shutil.rmtree(zone_dir(cfg, zone), ignore_errors=True)
+    """Stop the zone's services and delete it (record and zone directory)."""
+    zones.destroy(cfg, zone, zone_dir(cfg, zone))
 
 
 def ensure(cfg):
     """cfg.emorays processes (i = 1..N) exist and run."""
-    out = []
-    have = {z.get("index"): z for z in zones.all_zones(cfg, kind=KIND)}
-    for i in range(1, cfg.emorays + 1):
-        z = have.get(i)
-        if z is None:
-            z = provision(cfg, index=i)
-            _register(cfg, z)
-        else:
-            zones.start(cfg, z)
-        out.append(z)
-    return out
-
-
-def _register(cfg, zone):
-    try:
-        from .apis import bootstrap
-    except ImportError:
-        return
-    reg = getattr(bootstrap, "register_zone", None)
-    if reg is None or config.port_free(cfg.port("sapi")):
-        return      # no SAPI running: the next bootstrap.ensure registers every zone
-    reg(cfg, zone)
+    return zones.ensure_indexed(cfg, KIND, cfg.emorays, provision)
 
 
 def installed_image(zone_or_dir):

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import time
@@ -100,10 +99,8 @@ def provision(cfg, shard, server_uuid=None, zuuid=None, metadata=None):
 
 
 def destroy(cfg, zone):
-    """Stop a moray zone and delete it (record and zone directory)."""
-    stop_service(cfg, zone, SVC)
-    zones.remove(cfg, zone["uuid"])
-    shutil.rmtree(zone_dir(cfg, zone), ignore_errors=True)
+    """Stop the zone's services and delete it (record and zone directory)."""
+    zones.destroy(cfg, zone, zone_dir(cfg, zone))
 
 
 def ensure(cfg, shard):
@@ -111,23 +108,11 @@ def ensure(cfg, shard):
     existing = zones.all_zones(cfg, kind=KIND, shard=shard)
     if not existing:
         zone = provision(cfg, shard)
-        _register(cfg, zone)
+        zones.register(cfg, zone)
         return [zone]
     for z in existing:
         zones.start(cfg, z)
     return existing
-
-
-def _register(cfg, zone):
-    """Tell SAPI about a zone the lab created itself (adopt), if SAPI is there."""
-    try:
-        from .apis import bootstrap
-    except ImportError:
-        return
-    reg = getattr(bootstrap, "register_zone", None)
-    if reg is None or config.port_free(cfg.port("sapi")):
-        return      # no SAPI running: the next bootstrap.ensure registers every zone
-    reg(cfg, zone)
 
 
 def start_service(cfg, zone, svc):

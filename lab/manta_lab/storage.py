@@ -19,13 +19,12 @@ the bytes under the root. `set_capacity` changes it live (minnow re-reads the
 zone record every beat), so a node can be made "full".
 """
 import os
-import shutil
 import socket
 import sys
 import time
 import uuid as uuidlib
 
-from . import config, procs, zones
+from . import procs, zones
 from .config import HOST, LabError
 
 KIND = "storage"
@@ -155,36 +154,13 @@ def provision(cfg, server_uuid=None, zuuid=None, metadata=None, index=None):
 
 
 def destroy(cfg, zone):
-    for svc in reversed(SERVICES):
-        stop_service(cfg, zone, svc)
-    zones.remove(cfg, zone["uuid"])
-    shutil.rmtree(zone_dir(cfg, zone), ignore_errors=True)
+    """Stop the zone's services and delete it (record and zone directory)."""
+    zones.destroy(cfg, zone, zone_dir(cfg, zone))
 
 
 def ensure(cfg):
     """cfg.storage_nodes nodes (k = 1..N) exist and run."""
-    out = []
-    have = {z.get("index"): z for z in zones.all_zones(cfg, kind=KIND)}
-    for k in range(1, cfg.storage_nodes + 1):
-        z = have.get(k)
-        if z is None:
-            z = provision(cfg, index=k)
-            _register(cfg, z)
-        else:
-            zones.start(cfg, z)
-        out.append(z)
-    return out
-
-
-def _register(cfg, zone):
-    try:
-        from .apis import bootstrap
-    except ImportError:
-        return
-    reg = getattr(bootstrap, "register_zone", None)
-    if reg is None or config.port_free(cfg.port("sapi")):
-        return      # no SAPI running: the next bootstrap.ensure registers every zone
-    reg(cfg, zone)
+    return zones.ensure_indexed(cfg, KIND, cfg.storage_nodes, provision)
 
 
 def set_capacity(cfg, zone, capacity_mb):

@@ -112,6 +112,40 @@ def proc_name(zone, svc):
     return f"zone-{zone['uuid']}-{svc}"
 
 
+def register(cfg, zone):
+    """Tell SAPI/VMAPI about a zone the lab created itself (adoption). With no
+    SAPI running this is a no-op: the next `bootstrap.ensure` adopts every zone."""
+    from .config import port_free
+    if port_free(cfg.port("sapi")):
+        return
+    from .apis import bootstrap
+    bootstrap.register_zone(cfg, zone)
+
+
+def ensure_indexed(cfg, kind, count, provision):
+    """Zones of `kind` numbered 1..count exist and run: the missing ones are
+    provisioned (``provision(cfg, index=i)``) and registered, the others started."""
+    have = {z.get("index"): z for z in all_zones(cfg, kind=kind)}
+    out = []
+    for i in range(1, count + 1):
+        z = have.get(i)
+        if z is None:
+            z = provision(cfg, index=i)
+            register(cfg, z)
+        else:
+            start(cfg, z)
+        out.append(z)
+    return out
+
+
+def destroy(cfg, zone, zone_dir):
+    """Stop every service of a zone, forget it and remove its directory."""
+    import shutil
+    stop(cfg, zone)
+    remove(cfg, zone["uuid"])
+    shutil.rmtree(zone_dir, ignore_errors=True)
+
+
 # ---- zone-local service control (svcadm) ---------------------------------
 
 def start(cfg, zone):
