@@ -241,14 +241,18 @@ def seed(conn, topology, pnode, rows, seed=1, bulk=True, analyze=True):
     return {"manta": rows, "manta_directory_counts": len(crow)}
 
 
-def copy_database(admin_conn, src, dst):
-    """dst := an identical copy of src (no session may be connected to src)."""
+def copy_database(admin_conn, src, dst, checkpoint=True):
+    """dst := an identical copy of src (no session may be connected to src).
+
+    ``checkpoint`` flushes the copy's dirty pages too, so that a timed run that
+    follows starts from a clean buffer pool and checkpoint cycle (benchmarks)."""
     cur = admin_conn.cursor()
     cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(dst)))
     # FILE_COPY: a file-level copy bracketed by checkpoints, not 1 GB of WAL
     cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER moray STRATEGY FILE_COPY").format(
         sql.Identifier(dst), sql.Identifier(src)))
-    cur.execute("CHECKPOINT")
+    if checkpoint:
+        cur.execute("CHECKPOINT")
 
 
 def vnode_rows(conn, table="manta"):
@@ -271,3 +275,169 @@ def free_port(lo=40000, hi=40999):
         finally:
             s.close()
     raise RuntimeError("no free port in 40000-40999")
+
+
+# ---- a lab shard as the benchmark's database server ------------------------------------------
+
+class LabShard:
+    """The primary of a lab shard (real manatee peers: sync + async replication).
+
+    Brings up a private lab (``lab up`` in a fresh home under /var/tmp, on a
+    free base port) unless ``home`` names a running one. Benchmark databases
+    are created next to the shard's ``moray`` database on the same primary
+    (moray's own database has live sessions, so it cannot be a template), with
+    the same DDL (manta_lab.schema), and seeded with rows routed by the ring
+    the lab's electric-morays serve, restricted to this shard's vnodes.
+    """
+
+    def __init__(self, home=None, shard_index=0, keep=False):
+        self.home = home
+        self.own = home is None
+        self.keep = keep
+        self.shard_index = shard_index
+
+    def _lab(self, *argv, timeout=900):
+        import sys
+        proc = subprocess.run([sys.executable, "-m", "manta_lab.cli", "--home", self.home, *argv],
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"lab {' '.join(argv)} failed: {proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def start(self):
+        from manta_lab import config
+        if self.own:
+            self.home = tempfile.mkdtemp(prefix="moray-bench-lab-", dir="/var/tmp")
+            os.chmod(self.home, 0o755)
+            base = None
+            for cand in (12000, 15000, 18000, 21000, 27000):
+                probe = [cand + o for o in (0, 10, 11, 12, 101, 102, 151, 152, 301, 302, 303, 304)]
+                probe += list(range(cand + 1000, cand + 1040))
+                if all(config.port_free(p) for p in probe):
+                    base = cand
+                    break
+            if base is None:
+                raise RuntimeError("no free lab base port block")
+            self._lab("up", "--base-port", str(base))
+        st = json.loads(self._lab("status", "--json"))
+        self.shard = sorted(st["shards"])[self.shard_index]
+        prim = [p for p in st["shards"][self.shard]["peers"] if p["role"] == "primary"][0]
+        self.port = int(prim["pg_port"])
+        self.peers = st["shards"][self.shard]["peers"]
+        self.ring = st["electric_moray"][0]["ring"]
+        self.pnode = f"tcp://{self.shard}:2020"
+        return self
+
+    def stop(self):
+        if self.own and not self.keep:
+            try:
+                self._lab("down")
+            finally:
+                shutil.rmtree(self.home, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def dsn(self, dbname="moray", user="moray"):
+        return f"host={HOST} port={self.port} dbname={dbname} user={user}"
+
+    def connect(self, dbname="moray", autocommit=True, user="postgres"):
+        conn = psycopg2.connect(self.dsn(dbname, user))
+        conn.autocommit = autocommit
+        return conn
+
+    def topology(self):
+        from ansible_collections.manta.ops.plugins.module_utils.fash import read_topology
+        return read_topology(self.ring, snapshot=True)
+
+    def make_moray_db(self, name):
+        admin = self.connect("postgres")
+        cur = admin.cursor()
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("CREATE DATABASE {} OWNER moray").format(sql.Identifier(name)))
+        admin.close()
+        conn = self.connect(name, user="moray")
+        cur = conn.cursor()
+        for stmt in labschema.statements():
+            cur.execute(stmt)
+        conn.close()
+
+
+def scratch_env(port=None, standby=True):
+    """A ScratchPG with the same helpers as LabShard (topology, pnode, make_moray_db)."""
+    from ansible_collections.manta.ops.plugins.module_utils.fash.topology import Topology
+    port = port or free_port()
+    sport = free_port() if standby else None
+    while sport == port:
+        sport = free_port()
+    pg = ScratchPG(port, standby_port=sport).start()
+    topo = Topology.create(["tcp://1.moray.lab.manta.test:2020", "tcp://2.moray.lab.manta.test:2020"], 4096)
+    pg.shard = "1.moray.lab.manta.test"
+    pg.pnode = "tcp://1.moray.lab.manta.test:2020"
+    pg.topology = lambda: topo
+
+    def make_moray_db(name):
+        admin = pg.connect("postgres")
+        copy_database(admin, "moray", name, checkpoint=False)
+        admin.close()
+    pg.make_moray_db = make_moray_db
+    return pg
+
+
+def bench_env(args):
+    """The benchmark's server: a lab shard (default), a running lab (--lab-home), or --scratch."""
+    if getattr(args, "scratch", False):
+        return scratch_env()
+    return LabShard(home=getattr(args, "lab_home", None)).start()
+
+
+def seeded(env, name, rows, seed_no=1):
+    """Database ``name`` on env holding ``rows`` realistic rows of env's shard (reused if present)."""
+    admin = env.connect("postgres")
+    cur = admin.cursor()
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    exists = cur.fetchone() is not None
+    admin.close()
+    if exists:
+        conn = env.connect(name)
+        c = conn.cursor()
+        c.execute("SELECT count(*) FROM manta")
+        n = c.fetchone()[0]
+        conn.close()
+        if n == rows:
+            return {"manta": n, "reused": True}
+    env.make_moray_db(name)
+    conn = env.connect(name)
+    out = seed(conn, env.topology(), env.pnode, rows, seed=seed_no)
+    conn.close()
+    return out
+
+
+def half_the_vnodes(env):
+    """Every second vnode of the shard (what the reshard service moved)."""
+    return env.topology().vnodes_of(env.pnode)[0::2]
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2.0
+
+
+def save_result(name, data):
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def machine():
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpus": os.cpu_count(), "loadavg": load}

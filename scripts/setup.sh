@@ -85,6 +85,59 @@ sys.exit(main())"
 write_entry lab manta_lab.cli
 write_entry manta-fash ansible_collections.manta.ops.plugins.module_utils.fash.cli
 
+# --- awx.awx (playbooks/awx/: AWX as code) ----------------------------------
+# No Galaxy here: the collection comes from PyPI, out of the `ansible` community
+# package's wheel (8.7.0 is the last release that bundles awx.awx; 22.7.0).
+# Only ansible_collections/awx/awx is extracted, next to manta/ops.
+AWX_WHEEL="ansible-8.7.0-py3-none-any.whl"
+AWX_SHA256="fa7d3bc2dfdb0ab031df645814ff86b15cb5ec041bfbee4041f795abfa5646ca"
+AWX_DIR="$VENV/collections/ansible_collections/awx/awx"
+if [ "$(cat "$AWX_DIR/.from-wheel" 2>/dev/null)" != "$AWX_SHA256" ]; then
+  say "installing awx.awx from the PyPI ansible==8.7.0 wheel"
+  dl=$(mktemp -d)
+  printf 'ansible==8.7.0 --hash=sha256:%s\n' "$AWX_SHA256" > "$dl/req.txt"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --require-hashes -d "$dl" -r "$dl/req.txt"
+  rm -rf "$AWX_DIR"
+  "$VENV/bin/python" - "$dl/$AWX_WHEEL" "$VENV/collections" <<'PY'
+import sys, zipfile
+wheel, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.startswith("ansible_collections/awx/awx/")])
+PY
+  echo "$AWX_SHA256" > "$AWX_DIR/.from-wheel"
+  rm -rf "$dl"
+fi
+
+# --- ansible-test's pip bootstrap, provided locally -------------------------
+# `ansible-test sanity` makes a venv per test and bootstraps pip in it with
+# get-pip-<v>.py downloaded from a host we cannot reach. It uses a cached copy
+# at ~/.ansible/test/cache/get_pip_<v>.py when present: ours runs ensurepip (in
+# a subprocess, so pip keeps its configured indexes and CA) and then pip
+# installs the requested pins, minus get-pip's own --no-setuptools/--no-wheel.
+pip_v=$("$VENV/bin/python" - <<'PY'
+import re, pathlib, ansible_test
+src = pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py"
+m = re.search(r"default_packages = dict\(\s*pip='([0-9.]+)'", src.read_text())
+print(m.group(1) if m else "")
+PY
+)
+if [ -n "$pip_v" ]; then
+  GETPIP="$HOME/.ansible/test/cache/get_pip_${pip_v//./_}.py"
+  GETPIP_BODY='# ansible-test pip bootstrap written by manta.ops scripts/setup.sh (offline stand-in for get-pip.py)
+import subprocess, sys
+subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade"])
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+if args:
+    subprocess.check_call([sys.executable, "-m", "pip", "install"] + args)'
+  if [ "$(cat "$GETPIP" 2>/dev/null)" != "$GETPIP_BODY" ]; then
+    mkdir -p "$(dirname "$GETPIP")"
+    printf '%s\n' "$GETPIP_BODY" > "$GETPIP"
+    rm -f "$GETPIP.download"
+  fi
+else
+  say "warning: could not read ansible-test's pip version; sanity tests may try to download get-pip"
+fi
+
 # --- node-fash oracle (interop tests and benchmarks) ------------------------
 if [ "$want_oracle" = 1 ]; then
   ORACLE="$VENV/fash-oracle"

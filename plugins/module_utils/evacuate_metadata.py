@@ -115,17 +115,30 @@ def decide(raw, rows, dest_dcs):
 class ShardWriter:
     """Apply verified copies to one shard, in batches, at most ``rate()`` rows/s."""
 
-    def __init__(self, shard, connect, dest_dcs, batch_size=500, rate=None, max_conflict_rounds=3):
+    def __init__(self, shard, connect, dest_dcs, batch_size=500, rate=None, max_conflict_rounds=3,
+                 parallel=2):
         self.shard = shard
         self.connect = connect
         self.dest_dcs = dest_dcs
         self.batch_size = max(1, int(batch_size))
         self.rate = rate or (lambda: None)
         self.max_conflict_rounds = max_conflict_rounds
-        self.conn = None
+        self.parallel = max(1, int(parallel))
+        self.local = threading.local()
+        self.conns = []
+        self.lock = threading.Lock()
         self.has_txn_snap = None
         self.stats = {"rows": 0, "updated": 0, "conflicts": 0, "batches": 0, "seconds": 0.0,
                       "done": 0, "skipped": 0, "error": 0, "refresh": 0}
+
+    @property
+    def conn(self):
+        c = getattr(self.local, "conn", None)
+        if c is None or c.closed:
+            c = self.local.conn = self.connect()
+            with self.lock:
+                self.conns.append(c)
+        return c
 
     def _cols(self):
         if self.has_txn_snap is None:
@@ -133,28 +146,52 @@ class ShardWriter:
                 cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
                             "current_schema() AND table_name = 'manta' AND column_name = '_txn_snap'")
                 self.has_txn_snap = cur.fetchone() is not None
+            self.conn.rollback()
         return self.has_txn_snap
 
     def apply(self, rows):
-        """rows: dicts oid, key, node, dest, object_id, md5. Returns fates."""
-        if self.conn is None or self.conn.closed:
-            self.conn = self.connect()
-        out = []
+        """rows: dicts oid, key, node, dest, object_id, md5. Returns fates (in order).
+
+        Batches run on ``parallel`` connections; the rate limit is for the shard
+        as a whole. The copies of one key are always in the same batch."""
+        limit = self.rate()
+        n = self.batch_size if not limit else max(1, min(self.batch_size, int(limit)))
+        batches = []
         i = 0
         while i < len(rows):
-            limit = self.rate()
-            n = self.batch_size if not limit else max(1, min(self.batch_size, int(limit)))
-            batch = rows[i:i + n]
-            t0 = time.monotonic()
-            out.extend(self._batch(batch))
-            dt = time.monotonic() - t0
-            self.stats["batches"] += 1
-            self.stats["rows"] += len(batch)
-            self.stats["seconds"] += dt
-            if limit:
-                time.sleep(max(0.0, len(batch) / float(limit) - dt))
-            i += n
-        return out
+            j = min(i + n, len(rows))
+            while j < len(rows) and rows[j]["key"] == rows[j - 1]["key"]:
+                j += 1
+            batches.append(rows[i:j])
+            i = j
+        t0 = time.monotonic()
+        pace = {"next": t0}
+        plock = threading.Lock()
+
+        def one(batch):
+            lim = self.rate()
+            if lim:
+                with plock:
+                    start = pace["next"]
+                    pace["next"] = max(start, time.monotonic()) + len(batch) / float(lim)
+                time.sleep(max(0.0, start - time.monotonic()))
+            t = time.monotonic()
+            f = self._batch(batch)
+            with self.lock:
+                self.stats["batches"] += 1
+                self.stats["rows"] += len(batch)
+                self.stats["busy"] = self.stats.get("busy", 0.0) + time.monotonic() - t
+            return f
+
+        self._cols()
+        if self.parallel == 1 or len(batches) == 1:
+            res = [one(b) for b in batches]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                res = list(pool.map(one, batches))
+        self.stats["seconds"] += time.monotonic() - t0
+        return [f for r in res for f in r]
 
     def _batch(self, batch):
         by_key = {}
@@ -188,11 +225,13 @@ class ShardWriter:
                              % (now, txn_snap),
                         updates, template="(%s, %s, %s, %s)", page_size=len(updates), fetch=True)
                     won = {r[0] for r in res}
-                    self.stats["updated"] += len(won)
+                    with self.lock:
+                        self.stats["updated"] += len(won)
                     lost = [u[0] for u in updates if u[0] not in won]
                     if not lost:
                         break
-                    self.stats["conflicts"] += len(lost)
+                    with self.lock:
+                        self.stats["conflicts"] += len(lost)
                     if attempt == self.max_conflict_rounds:
                         for k in lost:
                             for r in by_key[k]:
@@ -215,23 +254,25 @@ class ShardWriter:
                     getattr(exc, "pgcode", "") in ("25006", "57P01", "57014"):
                 # Connection lost, read-only (a failover), or timeout: leave the rows
                 # 'copied'; the next pass (or run) applies them.
-                self.conn = None
+                self.local.conn = None
                 raise EvacError(f"shard {self.shard}: metadata batch not applied "
                                 f"({str(exc).strip().splitlines()[0]}); it will be retried") from None
             raise EvacError(f"shard {self.shard}: {str(exc).strip().splitlines()[0]}") from None
         out = []
         for r in batch:
             f = fates.get(r["oid"]) or (r["oid"], "error", "metadata_update_failed", "no decision")
-            self.stats[f[1] if f[1] in self.stats else "error"] += 1
+            with self.lock:
+                self.stats[f[1] if f[1] in self.stats else "error"] += 1
             out.append(f)
         return out
 
     def close(self):
-        if self.conn is not None:
+        for c in self.conns:
             try:
-                self.conn.close()
+                c.close()
             except Exception:  # noqa: BLE001
                 pass
+        self.conns = []
 
 
 class LiveRate:

@@ -140,61 +140,71 @@ def _esc(v):
     return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def prometheus(p, now=None):
-    """Text exposition (version 0.0.4) of a progress dict."""
+def prometheus(progs, now=None):
+    """Text exposition (version 0.0.4) of one progress dict or a list of them
+    (one HELP/TYPE block per metric, samples of every job under it)."""
     now = time.time() if now is None else now
-    job = _esc(p["job"])
-    out = []
+    if isinstance(progs, dict):
+        progs = [progs]
+    progs = [p for p in progs if p]
+    metrics = {}
+    order = []
 
     def metric(name, help_, typ, samples):
+        if name not in metrics:
+            metrics[name] = (help_, typ, [])
+            order.append(name)
+        metrics[name][2].extend(samples)
+
+    statuses = ("done", "skipped", "error", "pending", "assigned", "copied")
+    for p in progs:
+        job = p["job"]
+        nodes = sorted(p["nodes"].items())
+        metric("manta_evacuate_objects", "Object copies of the job by evacuated node and status.",
+               "gauge", [({"job": job, "node": n, "status": s}, v["objects"].get(s, 0))
+                         for n, v in nodes for s in statuses])
+        metric("manta_evacuate_bytes", "Bytes of the job by evacuated node and status "
+               "(remaining = pending + assigned + copied).", "gauge",
+               [({"job": job, "node": n, "status": s}, v["bytes"].get(s, 0))
+                for n, v in nodes for s in ("done", "skipped", "error", "remaining")])
+        metric("manta_evacuate_objects_per_second", "Objects whose metadata moved per second "
+               "(recent window).", "gauge",
+               [({"job": job, "node": n}, v["rate"]["objects_per_second"]) for n, v in nodes])
+        metric("manta_evacuate_bytes_per_second", "Bytes moved per second (recent window).",
+               "gauge", [({"job": job, "node": n}, v["rate"]["bytes_per_second"]) for n, v in nodes])
+        metric("manta_evacuate_eta_seconds", "Estimated seconds left at the recent rate "
+               "(-1: unknown).", "gauge",
+               [({"job": job, "node": n}, v["eta_seconds"] if v["eta_seconds"] is not None else -1)
+                for n, v in nodes])
+        metric("manta_evacuate_reason_objects", "Skipped and errored objects by reason.", "gauge",
+               [({"job": job, "node": r["node"], "status": r["status"], "reason": r["reason"]},
+                 r["objects"]) for r in p["reasons"]])
+        metric("manta_evacuate_paused", "1 while the job is paused.", "gauge",
+               [({"job": job}, 1 if p["state"] == "paused" else 0)])
+        metric("manta_evacuate_complete", "1 once every copy is done or accounted for and a "
+               "verification scan found nothing left.", "gauge",
+               [({"job": job}, 1 if p["state"] == "complete" else 0)])
+        metric("manta_evacuate_throttle", "Current throttles (0: unlimited).", "gauge",
+               [({"job": job, "name": k},
+                 v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0)
+                for k, v in sorted((p.get("throttle") or {}).items())])
+        last = [r for r in p.get("last_rounds") or [] if r.get("metadata")]
+        md = (last[0]["metadata"] or {}) if last else {}
+        metric("manta_evacuate_metadata_updates_per_second",
+               "Metadata updates per second per shard in the last round.", "gauge",
+               [({"job": job, "shard": sh}, v.get("rows_per_second", 0))
+                for sh, v in sorted((md.get("shards") or {}).items())])
+        metric("manta_evacuate_last_update_timestamp_seconds", "When these figures were computed.",
+               "gauge", [({"job": job}, round(now, 3))])
+    out = []
+    for name in order:
+        help_, typ, samples = metrics[name]
         out.append(f"# HELP {name} {help_}")
         out.append(f"# TYPE {name} {typ}")
         for labels, value in samples:
             lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
             out.append(f"{name}{{{lab}}} {value}")
-
-    statuses = ("done", "skipped", "error", "pending", "assigned", "copied")
-    metric("manta_evacuate_objects", "Object copies of the job by evacuated node and status.",
-           "gauge", [({"job": job, "node": n, "status": s},
-                      v["objects"].get(s, 0)) for n, v in sorted(p["nodes"].items())
-                     for s in statuses])
-    metric("manta_evacuate_bytes", "Bytes of the job by evacuated node and status "
-           "(remaining = pending + assigned + copied).", "gauge",
-           [({"job": job, "node": n, "status": s}, v["bytes"].get(s, 0))
-            for n, v in sorted(p["nodes"].items())
-            for s in ("done", "skipped", "error", "remaining")])
-    metric("manta_evacuate_objects_per_second", "Objects whose metadata moved per second "
-           "(recent window).", "gauge",
-           [({"job": job, "node": n}, v["rate"]["objects_per_second"])
-            for n, v in sorted(p["nodes"].items())])
-    metric("manta_evacuate_bytes_per_second", "Bytes moved per second (recent window).", "gauge",
-           [({"job": job, "node": n}, v["rate"]["bytes_per_second"])
-            for n, v in sorted(p["nodes"].items())])
-    metric("manta_evacuate_eta_seconds", "Estimated seconds left at the recent rate "
-           "(-1: unknown).", "gauge",
-           [({"job": job, "node": n}, v["eta_seconds"] if v["eta_seconds"] is not None else -1)
-            for n, v in sorted(p["nodes"].items())])
-    metric("manta_evacuate_reason_objects", "Skipped and errored objects by reason.", "gauge",
-           [({"job": job, "node": r["node"], "status": r["status"], "reason": r["reason"]},
-             r["objects"]) for r in p["reasons"]])
-    metric("manta_evacuate_paused", "1 while the job is paused.", "gauge",
-           [({"job": job, "reason": p.get("pause_reason") or ""}, 1 if p["state"] == "paused" else 0)])
-    metric("manta_evacuate_complete", "1 once every copy is done or accounted for and a "
-           "verification scan found nothing left.", "gauge",
-           [({"job": job}, 1 if p["state"] == "complete" else 0)])
-    metric("manta_evacuate_throttle", "Current throttles (0: unlimited).", "gauge",
-           [({"job": job, "name": k}, v if isinstance(v, (int, float)) and not isinstance(v, bool)
-             else 0) for k, v in sorted((p.get("throttle") or {}).items())])
-    last = [r for r in p.get("last_rounds") or [] if r.get("metadata")]
-    if last:
-        md = last[0]["metadata"] or {}
-        metric("manta_evacuate_metadata_updates_per_second",
-               "Metadata updates per second per shard in the last round.", "gauge",
-               [({"job": job, "shard": s}, v.get("rows_per_second", 0))
-                for s, v in sorted((md.get("shards") or {}).items())])
-    metric("manta_evacuate_last_update_timestamp_seconds", "When these figures were computed.",
-           "gauge", [({"job": job}, round(now, 3))])
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" if out else ""
 
 
 def write_textfile(path, text, check_mode=False):

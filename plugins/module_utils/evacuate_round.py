@@ -147,7 +147,7 @@ def plan_round(store, job, inv, beats, p, round_no, run_id=None, now=None):
     throttle = j.get("throttle") or {}
     evac = {n["storage_id"]: n.get("datacenter") for n in j["nodes"]}
     out = {"round": round_no, "paused": False, "complete": j["state"] == "complete",
-           "assignments": {}, "hosts": [], "skipped": {}, "deferred": 0, "requeued": 0}
+           "assignments": {}, "hosts": [], "skipped_by_reason": {}, "deferred": 0, "requeued": 0}
     if j["state"] == "paused":
         out.update(paused=True, pause_reason=j.get("pause_reason"))
         return out
@@ -218,7 +218,7 @@ def plan_round(store, job, inv, beats, p, round_no, run_id=None, now=None):
                                          "verify_url": n["url"], "root": n["root"]}
         out["hosts"].append(n["host"])
     for _oid, _st, reason, _d in skip_rows:
-        out["skipped"][reason] = out["skipped"].get(reason, 0) + 1
+        out["skipped_by_reason"][reason] = out["skipped_by_reason"].get(reason, 0) + 1
     out["deferred"] = len(deferred)
     counts = store.counts(job)
     openc = sum(c.get(s, [0, 0])[0] for c in counts.values() for s in ("pending", "assigned", "copied"))
@@ -234,6 +234,7 @@ def plan_round(store, job, inv, beats, p, round_no, run_id=None, now=None):
 
 def simulate(rows_iter, nodes, inv, beats, p, reserved=None, scan_seconds=0.0, measured=None,
              throttle=None, forks=5, now=None):
+    """``scan_seconds`` may be a callable, read once ``rows_iter`` is exhausted."""
     """Check mode: place every copy with no round limits; report and estimate."""
     throttle = throttle or {}
     evac = {n["storage_id"]: n.get("datacenter") for n in nodes}
@@ -305,6 +306,8 @@ def simulate(rows_iter, nodes, inv, beats, p, reserved=None, scan_seconds=0.0, m
         if probe["seconds_per_object"]:
             measured["seconds_per_object"] = probe["seconds_per_object"]
             measured["rate_source"] = "probe"
+    if callable(scan_seconds):
+        scan_seconds = scan_seconds()
     est = EE.estimate({d.id: (d.planned_objects, d.planned_bytes) for d in dests if d.planned_objects},
                       per_shard, throttle, measured=measured, scan_seconds=scan_seconds,
                       forks=forks, round_seconds=p["round_seconds"],

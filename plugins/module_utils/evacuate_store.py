@@ -424,7 +424,7 @@ class JobStore:
              "fetched = COALESCE(v.fetched, o.fetched), updated_at = now() "
              "FROM (VALUES %s) AS v(oid, status, reason, detail, fetched) "
              "WHERE o.oid = v.oid AND o.job = {job} AND o.status = ANY({statuses}){extra} "
-             "RETURNING o.oid")
+             "RETURNING o.status")
         extra = sql.SQL("")
         if round_no is not None:
             extra = sql.SQL(" AND o.round = {}").format(sql.Literal(int(round_no)))
@@ -434,18 +434,23 @@ class JobStore:
         res = psycopg2.extras.execute_values(cur, q, rows,
                                              template="(%s::bigint, %s, %s, %s, %s::boolean)",
                                              page_size=5000, fetch=True)
+        self.last_fates = {}
+        for (st,) in res:
+            self.last_fates[st] = self.last_fates.get(st, 0) + 1
         return len(res)
 
     def record_copy_results(self, job, round_no, dest, fates, stats):
         """Ingest one destination's results for a round (idempotent: only rows
-        still 'assigned' in that round move)."""
+        still 'assigned' in that round move). Returns {new status: rows}."""
+        self.last_fates = {}
         with self.conn.cursor() as cur:
-            n = self._set_fates(cur, job, fates, ("assigned",), round_no=round_no) if fates else 0
+            if fates:
+                self._set_fates(cur, job, fates, ("assigned",), round_no=round_no)
             cur.execute(self.q("UPDATE {r} SET copy = coalesce(copy, '{{}}'::jsonb) || "
                                "jsonb_build_object(%s::text, %s::jsonb) WHERE job = %s AND round = %s",
                                r="rounds"), (dest, json.dumps(stats), job, round_no))
         self.conn.commit()
-        return n
+        return dict(self.last_fates)
 
     def set_fates(self, job, fates, from_status):
         with self.conn.cursor() as cur:

@@ -46,7 +46,6 @@ DEFAULT_DATABASE = "moray"
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_STATEMENT_TIMEOUT = 600.0
 APPLICATION_NAME = "manta.ops moray_vnode_rows"
-_SHOWN_KEYS = ("host", "hostaddr", "port", "dbname", "user")
 
 
 class MorayPgError(Exception):
@@ -78,8 +77,15 @@ def env_names(shard):
 
 
 def redacted(params):
-    """``host=... port=... dbname=... user=...`` with no password, for messages."""
-    return " ".join(f"{k}={params[k]}" for k in _SHOWN_KEYS if params.get(k) not in (None, ""))
+    """``user@host:port/dbname``, never the password, for messages.
+
+    (Deliberately not in libpq's own syntax: a DSN option marked no_log would
+    otherwise be masked wherever its redacted form appears.)"""
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user") or "?"
+    db = params.get("dbname") or "?"
+    return f"{user}@{host}:{port}/{db}"
 
 
 class Target:

@@ -47,7 +47,7 @@ def ownership(census, topology, shard):
     }
 
 
-def report(shard, target, tables=None, vnodes=None, with_bytes=True, top=20, per_vnode=False,
+def report(shard, target, tables=None, vnodes=None, bytes_mode="sampled", top=20, per_vnode=False,
            ring=None, ring_path=None, plan=None, connect_timeout=10, statement_timeout=600.0,
            list_limit=None):
     """Result dict for moray_vnode_rows_info. ``plan`` is the module's plan option (dict) or None."""
@@ -57,7 +57,7 @@ def report(shard, target, tables=None, vnodes=None, with_bytes=True, top=20, per
         ident = moray_pg.require_primary(conn, target)
         infos = moray_tables.discover(conn, tables, database=ident["database"])
         order = [infos[n] for n in sorted(infos)]
-        census = moray_census.take(conn, shard, order, vnodes=vnodes, with_bytes=with_bytes)
+        census = moray_census.take(conn, shard, order, vnodes=vnodes, bytes_mode=bytes_mode)
     finally:
         moray_pg.close_quietly(conn)
     out = {"database": ident, "table_info": [t.to_result() for t in order],

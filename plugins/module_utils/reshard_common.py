@@ -56,15 +56,16 @@ def pnode(shard, port=2020):
 
 
 def full_shard(name, domain):
-    """``3`` or ``3.moray`` -> ``3.moray.<domain>`` (manta-shardadm's suffix rule)."""
+    """``3`` -> ``3.moray.<domain>``, ``3.moray`` -> ``3.moray.<domain>``; any other name is kept as given
+    (and then has to be a full shard name)."""
     name = str(name or "").strip()
     if not name or not domain:
         return name
-    if name.endswith("." + domain):
-        return name
-    if ".moray" not in name:
-        name = name + ".moray"
-    return f"{name}.{domain}"
+    if "." not in name:
+        return f"{name}.moray.{domain}"
+    if name.endswith(".moray"):
+        return f"{name}.{domain}"
+    return name
 
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"

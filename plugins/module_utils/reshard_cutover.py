@@ -124,10 +124,43 @@ class Cutover:
             time.sleep(poll)
 
     def hold(self, step):
-        """Test hook: stop inside ``step`` (after its first change) until killed."""
+        """Test hook: die (SIGKILL) inside ``step``, after its first change, as a crash would."""
         if self.p.get("test_hold") == step:
-            self.j.set_props({"test_hold_reached": step}, event=f"test hold inside {step}")
-            time.sleep(3600)
+            import os
+            import signal
+            self.j.set_props({"test_hold_reached": step}, event=f"test crash inside {step}")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # ---- start-up: one worker per plan, and the transitional ring everywhere ------------------------------
+    def worker_lock(self, timeout):
+        """An ephemeral znode: one cutover process per plan at a time. A process started after a killed
+        controller waits here for the orphaned one to finish (its session ends with it)."""
+        from kazoo.exceptions import NodeExistsError as KNodeExists
+        path = f"{rj.ROOT}/workers/{self.plan}"
+        t0 = time.monotonic()
+        while True:
+            try:
+                self.zk.client.create(path, rj.now_iso().encode(), ephemeral=True, makepath=True)
+                return time.monotonic() - t0
+            except KNodeExists:
+                if time.monotonic() - t0 > timeout:
+                    raise CutoverError(f"another cutover process for plan {self.plan} is still running "
+                                       f"({path}); waited {timeout:g}s")
+                time.sleep(0.1)
+
+    def wait_transitional(self, urls, image, timeout):
+        """Wait until every electric-moray serves the transitional ring; returns {url: serving_ts}."""
+        out = {}
+
+        def ready():
+            for u in urls:
+                st = rc.em_status(u, timeout=2.0)
+                if rc.status_image(st) != image:
+                    return False, f"{u} serves {rc.status_image(st)}"
+                out[u] = rj.parse_iso(st.get("start_time"))
+            return True, "all transitional"
+        self.wait("every electric-moray to serve the transitional ring", ready, timeout, poll=0.05)
+        return out
 
     # ---- detach_peers -------------------------------------------------------------------------------
     def detach_peers(self):
@@ -232,9 +265,9 @@ class Cutover:
         if vm.get("alias") != alias:
             from ansible_collections.manta.ops.plugins.module_utils.http_api import ApiError
             try:
+                # not awaited: VMAPI runs a VM's jobs in order, so the reprovision below follows it
                 job = self.vmapi.update_vm(zone, {"alias": alias})
-                self.vmapi.wait_job(job["job_uuid"], timeout=self.p["timeout"], interval=0.1)
-                out["vm_alias_updated"] = True
+                out["vm_alias_job"] = job.get("job_uuid")
             except ApiError as exc:
                 if not exc.has_field_error("alias", "Duplicate"):
                     raise

@@ -154,11 +154,17 @@ def parse_ranges(text):
 
 
 def pack_vnodes(vnodes, limit=20000):
-    """A compact, ZooKeeper-sized form of a vnode list (ranges text, zlib'd when long)."""
+    """A compact, ZooKeeper-sized form of a vnode list: ranges text, or (when long) a
+    zlib-compressed bitmap, base64 (500,000 alternate vnodes of a 1M ring take a few hundred bytes)."""
     text = ranges_text(vnodes)
     if len(text) <= limit:
         return text
-    return {"z": base64.b64encode(zlib.compress(text.encode(), 9)).decode(), "count": len(vnodes)}
+    vs = sorted(set(int(v) for v in vnodes))
+    n = vs[-1] + 1
+    bits = bytearray((n + 7) // 8)
+    for v in vs:
+        bits[v >> 3] |= 1 << (v & 7)
+    return {"bitmap": base64.b64encode(zlib.compress(bytes(bits), 9)).decode(), "n": n, "count": len(vs)}
 
 
 def unpack_vnodes(packed):
@@ -167,6 +173,9 @@ def unpack_vnodes(packed):
     if isinstance(packed, list):
         return sorted(int(v) for v in packed)
     if isinstance(packed, dict):
+        if "bitmap" in packed:
+            bits = zlib.decompress(base64.b64decode(packed["bitmap"]))
+            return [i for i in range(int(packed["n"])) if bits[i >> 3] >> (i & 7) & 1]
         return parse_ranges(zlib.decompress(base64.b64decode(packed["z"])).decode())
     return parse_ranges(packed)
 
@@ -281,9 +290,9 @@ def summary(doc, now=None):
         ph = (doc.get("phases") or {}).get(name) or {}
         st = ph.get("status") or ("pending" if doc.get("state") == "active" else "not run")
         dur = None
-        if ph.get("start_ts") and ph.get("end_ts"):
+        if ph.get("start_ts") is not None and ph.get("end_ts") is not None:
             dur = ph["end_ts"] - ph["start_ts"]
-        elif ph.get("start_ts") and st == "running":
+        elif ph.get("start_ts") is not None and st == "running":
             dur = t - ph["start_ts"]
         rows.append({"n": i, "phase": name, "status": st, "start": ph.get("start"),
                      "end": ph.get("end"), "seconds": round(dur, 3) if dur is not None else None,

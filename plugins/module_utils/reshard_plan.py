@@ -256,13 +256,14 @@ def validate(inputs, facts):
         errors.append(f"PostgreSQL {distinct[0]} on {shard} is not in pg_versions ({', '.join(allowed)})")
     d["pg_version"] = distinct[0] if distinct else None
 
-    # -- the lock and other plans
+    # -- the lock and other plans (a completed plan has nothing left to do: no conflict)
     holder = facts.get("lock_holder")
     my = resume["plan"] if resume else inputs.get("plan")
-    if holder and holder != f"plan:{my}":
+    done = bool(resume and resume.get("state") == "completed")
+    if holder and holder != f"plan:{my}" and not done:
         errors.append(f"another reshard holds the reshard lock: {holder} ({facts.get('lock_info') or ''}); "
                       "wait for it to finish (playbooks/reshard_status.yml shows it)")
-    for other in facts.get("other_plans") or []:
+    for other in ([] if done else facts.get("other_plans") or []):
         if resume and other["plan"] == resume["plan"]:
             continue
         errors.append(f"another reshard is active on these shards: plan {other['plan']} "

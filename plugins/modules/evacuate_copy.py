@@ -119,11 +119,11 @@ bytes_fetched:
   description: Bytes fetched.
   returned: always
   type: int
-skipped:
+skipped_by_reason:
   description: Objects skipped, by reason (md5_mismatch, source_not_found, size_mismatch, ...).
   returned: always
   type: dict
-transient:
+transient_by_reason:
   description: Objects that failed transiently (back to pending), by reason.
   returned: always
   type: dict
@@ -143,7 +143,7 @@ objects_per_second:
   description: Copies per second.
   returned: always
   type: float
-results:
+results_file:
   description: Path of the results file.
   returned: always
   type: str
@@ -224,11 +224,11 @@ def main():
     stats = copier.stats()
     out = dict(changed=fetched > 0 or (module.check_mode and would_fetch > 0),
                objects=len(pairs), copied=copied, fetched=fetched,
-               bytes_fetched=stats["bytes_fetched"], skipped=dict(skipped),
-               transient=dict(transient), not_attempted=na, paused=copier.paused,
+               bytes_fetched=stats["bytes_fetched"], skipped_by_reason=dict(skipped),
+               transient_by_reason=dict(transient), not_attempted=na, paused=copier.paused,
                stopped=copier.stopped, seconds=round(secs, 3),
                objects_per_second=round(len(pairs) / secs, 1) if secs > 0 else None,
-               results=results_path, dest=a.get("dest"), round=a.get("round"))
+               results_file=results_path, dest=a.get("dest"), round=a.get("round"))
     if module.check_mode:
         out["would_fetch"] = would_fetch
         module.exit_json(**out)

@@ -126,6 +126,16 @@ options:
     description: Seconds over which rates (and so ETAs) are measured.
     type: float
     default: 600
+  all_jobs:
+    description:
+      - Report every job of the job store (RV(jobs), RV(lines)); O(metrics_file) then holds them all.
+        Changes nothing.
+    type: bool
+    default: false
+  must_exist:
+    description: Fail instead of creating the job when it does not exist.
+    type: bool
+    default: false
   metrics_file:
     description:
       - Write the progress as Prometheus text metrics to this file (atomically), for
@@ -243,6 +253,11 @@ lines:
   returned: when O(report=true) or O(metrics_file) is set
   type: list
   elements: str
+jobs:
+  description: Progress of every job (O(all_jobs=true)).
+  returned: when O(all_jobs=true)
+  type: list
+  elements: dict
 metrics_changed:
   description: Whether the metrics file content changed (timestamps aside).
   returned: when O(metrics_file) is set
@@ -260,6 +275,7 @@ from ansible_collections.manta.ops.plugins.module_utils import storage_nodes as 
 from ansible_collections.manta.ops.plugins.module_utils.evacuate_store import JobStore
 
 THROTTLE_KEYS = ("copy_concurrency", "max_bytes_per_sec", "metadata_rows_per_sec")
+DEFAULT_THROTTLE = {"copy_concurrency": 8, "max_bytes_per_sec": 0, "metadata_rows_per_sec": 0}
 
 
 def check_throttle(t):
@@ -350,6 +366,8 @@ def main():
         report=dict(type="bool", default=False),
         rate_window=dict(type="float", default=600.0),
         metrics_file=dict(type="path"),
+        all_jobs=dict(type="bool", default=False),
+        must_exist=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     C.require_psycopg2(module)
@@ -361,6 +379,19 @@ def main():
     try:
         C.check_schema_name(p["job_schema"])
         throttle = check_throttle(p["throttle"])
+        if p["all_jobs"]:
+            store = JobStore(ctx.job_conn(), p["job_schema"])
+            jobs = [R.progress(store, j["job"], rate_window=p["rate_window"])
+                    for j in store.list_jobs()]
+            result["jobs"] = jobs
+            result["lines"] = [ln for j in jobs for ln in R.render(j)] or [
+                f"no evacuation job in the job store ({ctx.job_store_location()})"]
+            if p["metrics_file"]:
+                text = R.prometheus(jobs)
+                result["metrics_changed"] = R.write_textfile(p["metrics_file"], text,
+                                                             check_mode=module.check_mode)
+            ctx.close()
+            module.exit_json(**result)
         nodes = []
         if p["evacuate"]:
             known = ()
@@ -378,6 +409,10 @@ def main():
         result["job_name"] = job
         store = JobStore(ctx.job_conn(), p["job_schema"])
         before = store.get_job(job)
+        if before is None and p["must_exist"]:
+            existing = [j["job"] for j in store.list_jobs()]
+            raise C.EvacError(f"no job {job!r} in the job store ({ctx.job_store_location()}); "
+                              f"existing jobs: {', '.join(existing) or 'none'}")
         if before is None and not nodes:
             existing = [j["job"] for j in store.list_jobs()]
             raise C.EvacError(f"no job {job!r} in the job store ({ctx.job_store_location()}); "
@@ -399,7 +434,7 @@ def main():
         # ---- desired state --------------------------------------------------------------
         after = copy.deepcopy(before) if before else {
             "job": job, "nodes": node_view, "state": "active", "pause_reason": None,
-            "throttle": {}, "options": {}}
+            "throttle": dict(DEFAULT_THROTTLE), "options": {}}
         after["throttle"] = dict(after.get("throttle") or {}, **throttle)
         after["options"] = dict(after.get("options") or {}, **(p["options"] or {}))
         if p["state"] == "paused":

@@ -205,14 +205,16 @@ def main():
                 module.warn(f"{path} is for job {data.get('job')} round {data.get('round')}; ignored")
                 continue
             fates = fates_from_results(data.get("results") or [])
-            for f in fates:
-                recorded[f[1]] += 1
             st = data.get("stats") or {}
             busy = max(busy, st.get("seconds") or 0)
             if st.get("paused"):
                 pauses.append(f"{data.get('dest')}: {st['paused']}")
-            if not module.check_mode:
-                store.record_copy_results(p["job"], data.get("round"), data.get("dest"), fates, st)
+            if module.check_mode:
+                for f in fates:
+                    recorded[f[1]] += 1
+            else:
+                recorded.update(store.record_copy_results(p["job"], data.get("round"),
+                                                          data.get("dest"), fates, st))
         if p["failed_destinations"] and p["round"]:
             if not module.check_mode:
                 n = store.fail_destination(p["job"], p["round"], p["failed_destinations"],

@@ -206,7 +206,7 @@ hosts:
   returned: success, not in check mode
   type: list
   elements: str
-skipped:
+skipped_by_reason:
   description: Copies skipped while planning, by reason.
   returned: success, not in check mode
   type: dict
@@ -388,7 +388,7 @@ def main():
             since = {sid: (rec.get("timestamp") or 0) / 1000.0 for sid, rec in beats.items()}
             reserved = store.reserved_bytes(since) if job is not None else {}
             report = ER.simulate(rows, nodes, inv, beats, p, reserved=reserved,
-                                 scan_seconds=timing["scan_seconds"], measured=measured,
+                                 scan_seconds=lambda: timing["scan_seconds"], measured=measured,
                                  throttle=throttle, forks=p["forks"])
             report["scan_source"] = "job store" if scan_done else "live scan (nothing stored)"
             result.update(report=report, changed=report["objects_to_move"] > 0,
@@ -405,7 +405,7 @@ def main():
         round_no = p["round"] or store.next_round(p["job"])
         out = ER.plan_round(store, p["job"], inv, beats, p, round_no, run_id=p["run_id"])
         result.update(out)
-        result["changed"] = bool(out.get("assignments")) or bool(out.get("skipped")) \
+        result["changed"] = bool(out.get("assignments")) or bool(out.get("skipped_by_reason")) \
             or bool(out.get("requeued")) or (out.get("pause_reason") or "").startswith("evacuated node back")
     except (C.EvacError, SN.NodeError, ValueError) as exc:
         ctx.close()

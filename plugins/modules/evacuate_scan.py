@@ -207,7 +207,9 @@ def main():
         C.check_job_name(p["job"])
         store = JobStore(ctx.job_conn(), p["job_schema"])
         job = store.get_job(p["job"])
-        if job is None:
+        if job is None and module.check_mode:
+            job = {"nodes": [], "scan_pass": 0}
+        elif job is None:
             raise C.EvacError(f"no job {p['job']!r} in the job store ({ctx.job_store_location()}); "
                               "create it with manta.ops.evacuate_job first")
         nodes = [n["storage_id"] for n in job["nodes"]]
@@ -217,7 +219,7 @@ def main():
         if md:
             deadline = min(deadline or float("inf"), time.time() + md)
         cur_pass = int(job.get("scan_pass") or 0)
-        prog = store.scan_progress(p["job"], cur_pass) if cur_pass else []
+        prog = store.scan_progress(p["job"], cur_pass) if cur_pass and store.exists() else []
         pass_done = bool(prog) and all(r["done"] for r in prog) and \
             {r["shard"] for r in prog} >= set(shards)
         if p["phase"] == "initial":
@@ -266,6 +268,8 @@ def main():
             conns[sh] = cols
         lock = threading.Lock()
         counts = {"new": 0, "updated": 0}
+        open_count = sum(store.shards_with(p["job"], s).get(sh, 0)
+                         for s in C.OPEN_STATUSES for sh in shards)
 
         def sink_for(shard):
             def sink(col, rows, last_id, ids, seconds, finished, max_id):
@@ -290,12 +294,19 @@ def main():
         for sh, st in stats.items():
             st["ids_per_second"] = round(st["ids"] / st["seconds"], 1) if st["seconds"] else None
         complete = all(st["complete"] for st in stats.values())
+        open_before = open_count
         result.update(shards=stats, matched=sum(st["matched"] for st in stats.values()),
-                      new=counts["new"], complete=complete, seconds=round(secs, 3),
-                      changed=counts["new"] > 0 or counts["updated"] > 0 or pass_no != cur_pass)
+                      new=counts["new"], complete=complete, seconds=round(secs, 3))
         open_after = sum(store.shards_with(p["job"], s).get(sh, 0)
                          for s in C.OPEN_STATUSES for sh in shards)
         result["open_after"] = open_after
+        # Changed: copies found that were not known, or known ones to move again. A
+        # verification pass that finds nothing new only keeps its own bookkeeping.
+        result["changed"] = counts["new"] > 0 or open_after > open_before
+        if pass_no >= 2 and open_after > 0 and job.get("state") == "complete":
+            store.update_job(p["job"], state="active", pause_reason=None)
+            store.event(p["job"], "reopened", {"pass": pass_no, "open": open_after})
+            result["changed"] = True
         store.event(p["job"], "scan", {"pass": pass_no, "complete": complete,
                                        "matched": result["matched"], "new": counts["new"],
                                        "seconds": round(secs, 3)})

@@ -116,7 +116,7 @@ notes:
 seealso:
   - module: manta.ops.fash_ring_info
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""

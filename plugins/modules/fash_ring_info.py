@@ -73,7 +73,7 @@ requirements:
 seealso:
   - module: manta.ops.fash_ring
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""

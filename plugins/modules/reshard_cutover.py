@@ -85,8 +85,14 @@ options:
     description: Stop cleanly before this step (a phase name).
     type: str
   test_hold:
-    description: Test hook; stop inside this step until killed.
+    description: Test hook; the process kills itself (SIGKILL) inside this step, after its first change.
     type: str
+  wait_transitional:
+    description:
+      - Before the first step, wait until every listed electric-moray, C({name: status_url}), serves
+        C(image) (the transitional ring), and journal when each began serving it (C(props.em_swaps)). Lets this
+        task start in the background before the transitional ring is rolled out.
+    type: dict
   timeout:
     description: Seconds allowed for each wait.
     type: float
@@ -189,6 +195,7 @@ def main():
         test_hold=dict(type="str"),
         timeout=dict(type="float", default=300),
         catchup_timeout=dict(type="float", default=600),
+        wait_transitional=dict(type="dict"),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     require_kazoo(module)
@@ -213,6 +220,24 @@ def main():
                     module.exit_json(**res)
                 module.fail_json(msg=f"no reshard plan {p['plan']} in the journal")
             co = rco.Cutover(zk, j, p, sapi=sapi, vmapi=vmapi, check_mode=module.check_mode)
+            if not module.check_mode:
+                res["timings"]["worker_lock_wait"] = round(co.worker_lock(p["timeout"] * 4), 3)
+                j.doc, _ = rj.load(zk, p["plan"])          # fresh, after the lock
+            wt = p.get("wait_transitional") or {}
+            if wt and not module.check_mode and not j.done("block_writes"):
+                t0 = time.monotonic()
+                names = dict(wt.get("status_urls") or {})
+                served = co.wait_transitional(list(names.values()), wt["image"], p["timeout"])
+                res["timings"]["wait_transitional"] = round(time.monotonic() - t0, 3)
+                swaps = dict(j.props.get("em_swaps") or {})
+                for name, url in names.items():
+                    rec = dict(swaps.get(name) or {})
+                    tr = dict(rec.get("transitional") or {})
+                    tr.setdefault("serving_ts", served.get(url))
+                    tr.setdefault("image", wt["image"])
+                    rec["transitional"] = tr
+                    swaps[name] = rec
+                p["end_props"] = dict(p["end_props"] or {}, em_swaps=swaps)
             if p["end_phase"] and not j.done(p["end_phase"]):
                 j.end(p["end_phase"], props=p["end_props"])
                 res["changed"] = True

@@ -37,6 +37,11 @@ options:
   image_uuid:
     description: The ring image to stage or install.
     type: str
+  images:
+    description: With V(staged), several images to stage (in addition to O(image_uuid)).
+    type: list
+    elements: str
+    default: []
   imgapi_url:
     description: IMGAPI holding the image (C(HASH_RING_IMGAPI_SERVICE)).
     type: str
@@ -63,10 +68,36 @@ options:
     type: list
     elements: str
     default: []
+  only_from:
+    description:
+      - Swap only a ring stamped with one of these images. A ring stamped with O(superseded_by) is left alone
+        (RV(superseded)); any other stamp fails the task. This keeps a late transitional-ring task from ever
+        replacing the final ring.
+    type: list
+    elements: str
+    default: []
+  superseded_by:
+    description: Images that make this swap obsolete (see O(only_from)).
+    type: list
+    elements: str
+    default: []
+  wait_sapi:
+    description:
+      - Before swapping, wait until a SAPI application's metadata key holds a value, C({url, application, key,
+        value}) (e.g. C(HASH_RING_IMAGE) = the final image). Lets this task be started early, in the background,
+        and act the moment the reshard is ready for it.
+    type: dict
+  wait_timeout:
+    description: Seconds to wait for O(wait_sapi) and O(wait_for) (default O(timeout)).
+    type: float
   timeout:
     description: Seconds to wait for the process to stop, to come back with the new ring, or for O(wait_for).
     type: float
     default: 120
+  test_crash:
+    description: Test hook; kill this process (SIGKILL) right after the electric-moray process is stopped.
+    type: bool
+    default: false
   restarts:
     description: Extra restarts allowed when the process comes back with the wrong view of the index shards.
     type: int
@@ -162,6 +193,16 @@ class Swapper:
         self.m = module
         self.p = module.params
         self.res = {"changed": False, "restarts": 0}
+        self.wait_s = self.p.get("wait_timeout") or self.p["timeout"]
+        self.lockfh = None
+
+    def lock(self):
+        """One swap at a time per ring (a run started after a killed one waits for it)."""
+        import fcntl
+        root = rring.staging_root(self.p["ring_path"])
+        os.makedirs(root, exist_ok=True)
+        self.lockfh = open(os.path.join(root, ".swap.lock"), "w")
+        fcntl.flock(self.lockfh, fcntl.LOCK_EX)
 
     def svc(self, action):
         cmd = shlex.split(self.p["svcadm"]) + [action, self.p["service"]]
@@ -199,14 +240,31 @@ class Swapper:
                              f"{self.p['timeout']:g}s after '{self.p['svcadm']} enable {self.p['service']}'"
                              f" (last: {last})", **self.res)
 
+    def sapi_ready(self):
+        w = self.p.get("wait_sapi") or {}
+        if not w:
+            return True
+        try:
+            r = rc.requests.get(f"{w['url'].rstrip('/')}/applications/{w['application']}", timeout=5,
+                                headers={"Accept-Version": "~2"})
+            return r.status_code == 200 and (r.json().get("metadata") or {}).get(w["key"]) == w["value"]
+        except (rc.requests.RequestException, ValueError):
+            return False
+
     def barrier(self, deadline):
+        while not self.sapi_ready():
+            if time.monotonic() > deadline:
+                w = self.p["wait_sapi"]
+                self.m.fail_json(msg=f"waited {self.wait_s:g}s for SAPI {w['key']} to become {w['value']}; "
+                                     "not swapping", **self.res)
+            time.sleep(0.1)
         pending = list(self.p["wait_for"])
         while pending and time.monotonic() < deadline:
             pending = [u for u in pending if rc.status_image(rc.em_status(u)) != self.p["image_uuid"]]
             if pending:
                 time.sleep(self.p["poll"] * 2)
         if pending:
-            self.m.fail_json(msg=f"waited {self.p['timeout']:g}s for {', '.join(pending)} to serve "
+            self.m.fail_json(msg=f"waited {self.wait_s:g}s for {', '.join(pending)} to serve "
                                  f"{self.p['image_uuid']} before swapping this one", **self.res)
 
     def imgapi(self):
@@ -228,7 +286,12 @@ class Swapper:
                 "ring": {k: (st.get("ring") or {}).get(k) for k in ("vnodes", "pnodes", "data_vnodes", "ro")}}
 
     def staged(self):
-        rp, img = self.p["ring_path"], self.p["image_uuid"]
+        imgs = ([self.p["image_uuid"]] if self.p["image_uuid"] else []) + list(self.p["images"] or [])
+        for img in imgs:
+            self.stage_one(img)
+
+    def stage_one(self, img):
+        rp = self.p["ring_path"]
         if rring.stamp_image(rp) == img or rring.is_staged(rp, img):
             return
         self.res["changed"] = True
@@ -243,6 +306,9 @@ class Swapper:
     def installed(self):
         p = self.p
         rp, img = p["ring_path"], p["image_uuid"]
+        if not self.m.check_mode:
+            self.barrier(time.monotonic() + self.wait_s)
+            self.lock()
         deadline = time.monotonic() + p["timeout"]
         st = self.status()
         in_place = rring.stamp_image(rp) if os.path.isdir(rp) else None
@@ -256,16 +322,26 @@ class Swapper:
                 self.res["already"] = True
                 self.res["status"] = self.short(st)
                 return
+        if in_place in (p["superseded_by"] or []):
+            self.res["superseded"] = True
+            self.res["status"] = self.short(st)
+            return
+        if in_place != img and in_place is not None and p["only_from"] and in_place not in p["only_from"] \
+                and not self.m.check_mode:
+            self.m.fail_json(msg=f"ring at {rp} is stamped {in_place}; this swap to {img} only replaces "
+                                 f"{', '.join(p['only_from'])}", **self.res)
         self.res["changed"] = True
         if self.m.check_mode:
             return
         if in_place != img:
             if not rring.is_staged(rp, img):
-                self.staged()
-            self.barrier(deadline)
+                self.stage_one(img)
             if st is not None:
                 self.svc("disable")
                 self.res["stopped_ts"] = self.wait_down(deadline)
+                if p["test_crash"]:
+                    import signal
+                    os.kill(os.getpid(), signal.SIGKILL)
             else:
                 self.res["stopped_ts"] = time.time()
             root = rring.staging_root(rp)
@@ -305,6 +381,7 @@ def main():
             state=dict(type="str", default="installed", choices=["staged", "installed", "query", "absent"]),
             ring_path=dict(type="path", required=True),
             image_uuid=dict(type="str"),
+            images=dict(type="list", elements="str", default=[]),
             imgapi_url=dict(type="str"),
             svcadm=dict(type="str", default="svcadm"),
             service=dict(type="str", default="electric-moray"),
@@ -314,8 +391,13 @@ def main():
             timeout=dict(type="float", default=120),
             restarts=dict(type="int", default=5),
             poll=dict(type="float", default=0.05),
+            wait_sapi=dict(type="dict"),
+            only_from=dict(type="list", elements="str", default=[]),
+            superseded_by=dict(type="list", elements="str", default=[]),
+            wait_timeout=dict(type="float"),
+            test_crash=dict(type="bool", default=False),
         ),
-        required_if=[("state", "staged", ["image_uuid"]), ("state", "installed", ["image_uuid"])],
+        required_if=[("state", "staged", ["image_uuid", "images"], True), ("state", "installed", ["image_uuid"])],
         supports_check_mode=True,
     )
     p = module.params

@@ -262,6 +262,17 @@ class Planner:
             mine = [a for a in active if a.get("shard") == shard and a.get("new_shard") == new_shard
                     and (not p.get("plan") or a["plan"] == p["plan"])]
             f["resume"] = mine[0] if mine else None
+            if not mine:
+                # the same command after the plan completed: nothing to do, report it
+                try:
+                    done = [d for d in rj.list_plans(self.zk) if d.get("state") == "completed"
+                            and d.get("shard") == shard and d.get("new_shard") == new_shard
+                            and (not p.get("plan") or d["plan"] == p["plan"])]
+                except (ZkError, rj.JournalError):
+                    done = []
+                if done:
+                    f["resume"] = sorted(done, key=lambda d: d.get("completed") or "")[-1]
+                    f["completed"] = True
             f["other_plans"] = [{"plan": a["plan"], "shard": a.get("shard"), "new_shard": a.get("new_shard"),
                                  "phase": a.get("phase")} for a in active if a not in mine]
             if p.get("plan") and not mine:
@@ -404,7 +415,7 @@ class Planner:
                              f"answer: {st['error']}")
                 else:
                     f["pg_versions"][peer["zoneId"]] = self.version_text(peer)
-            if p["census"] or p["split"] == "balanced":
+            if (p["census"] or p["split"] == "balanced") and not f.get("resume"):
                 f["census"] = None
                 for peer in reversed(chain):
                     try:
@@ -450,7 +461,7 @@ class Planner:
         f["servers"] = p.get("manta_servers") or []
         errors, warnings, d = rp.validate(inputs, f)
         result = {"changed": False, "errors": errors, "warnings_list": warnings, "created": False,
-                  "resumed": bool(f.get("resume"))}
+                  "resumed": bool(f.get("resume")), "completed": bool(f.get("completed"))}
         if errors:
             self.close()
             msg = "reshard inputs are not valid (nothing was changed):\n  - " + "\n  - ".join(errors)

@@ -41,7 +41,7 @@ options:
     type: str
     required: true
   vnodes:
-    description: The moving vnodes (list, or ranges text).
+    description: The moving vnodes (list, ranges text, or the journal's packed form).
     type: raw
     required: true
   owner:
@@ -134,8 +134,7 @@ def main():
     from ansible_collections.manta.ops.plugins.module_utils.fash import diff_rings
     from ansible_collections.manta.ops.plugins.module_utils.imgapi import ImgapiClient
     imgapi = ImgapiClient(require_url(module, "imgapi"), **client_kwargs(module))
-    vnodes = p["vnodes"]
-    vnodes = rj.parse_ranges(vnodes) if isinstance(vnodes, str) else sorted(int(v) for v in vnodes)
+    vnodes = rj.unpack_vnodes(p["vnodes"])
     res = {"changed": False, "reused": [], "transitional_image": None, "final_image": None}
     t0 = time.monotonic()
     try:

@@ -43,7 +43,7 @@ options:
     type: str
     required: true
   vnodes:
-    description: The moving vnodes (list, or ranges text).
+    description: The moving vnodes (list, ranges text, or the journal's packed form).
     type: raw
     required: true
   freeze_reason:
@@ -132,8 +132,7 @@ def main():
     if p["batch_size"] < 1 or p["connections"] < 1 or p["pause"] < 0:
         module.fail_json(msg="batch_size and connections must be >= 1 and pause >= 0")
     pg_opts = {"user": p["pg_user"], "password": p["pg_password"]}
-    moving = p["vnodes"]
-    moving = set(rj.parse_ranges(moving) if isinstance(moving, str) else (int(v) for v in moving))
+    moving = set(rj.unpack_vnodes(p["vnodes"]))
     res = {"changed": False, "done": False, "sides": {}}
     count_only = module.check_mode or p["state"] == "counted"
     try:

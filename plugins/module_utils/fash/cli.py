@@ -33,11 +33,15 @@ from .vnodes import parse_vnodes, split_list
 BACKENDS = ("memory", "leveldb")
 
 
+class _UsageError(Exception):
+    pass
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         sys.stderr.write("%s: error: %s\n" % (self.prog, message))
-        sys.exit(1)
+        raise _UsageError(message)
 
 
 def _out(obj):
@@ -407,8 +411,12 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run ``manta-fash``; returns the exit status (0 success, 1 error or bad usage)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError:
+        return 1
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 1
@@ -417,9 +425,7 @@ def main(argv=None):
     except (RingError, OSError) as exc:
         sys.stderr.write("manta-fash: error: %s\n" % exc)
         return 1
-    except BrokenPipeError:  # pragma: no cover
-        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    raise SystemExit(main())

@@ -48,7 +48,7 @@ def js_number(x):
     sign = ""
     if r[0] == "-":
         sign, r = "-", r[1:]
-    mant, _, exp = r.partition("e")
+    mant, _sep, exp = r.partition("e")
     e = int(exp) if exp else 0
     if "." in mant:
         ip, fp = mant.split(".")
@@ -75,9 +75,9 @@ def js_number(x):
 
 def js_dumps(value):
     """``JSON.stringify(value)`` as a str (compact, non-ASCII kept)."""
-    if value == 1 and type(value) is int:
+    if value == 1 and isinstance(value, int) and not isinstance(value, bool):
         return "1"
-    if type(value) is str:
+    if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if _has_float(value):
         return _dumps_slow(value)

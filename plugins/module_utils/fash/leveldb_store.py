@@ -28,8 +28,7 @@ import contextlib
 import os
 from array import array
 
-from .dbfiles import (_open_db, _sst_style, dump_ring, is_ring_dir, make_sst,  # noqa: F401 (re-exported)
-                      rename_tables_to_sst, snapshot_ring)
+from .dbfiles import _open_db, _sst_style, is_ring_dir, rename_tables_to_sst, snapshot_ring  # noqa: F401
 from .errors import RingCorruptError, RingError, RingInputError, RingLookupError, RingNotFoundError
 from .hashing import Hasher, parse_hex, version_problem
 from .jsenc import is_no_data, js_dumpb, js_loadb
@@ -248,12 +247,17 @@ class LevelRing(object):
             except (TypeError, ValueError):
                 continue
             if 0 <= v < self._n and v not in out:
-                _, data = self.get_vnode(v)
+                data = self.get_vnode(v)[1]
                 if not is_no_data(data):
                     out[v] = data
         return dict(sorted(out.items()))
 
     # ------------------------------------------------------------------ whole-ring views
+    def _iter_keys(self, prefix):
+        if self._txn:
+            raise RingError("whole-ring reads are not available inside a pending transaction")
+        return self._db.iterator(prefix=prefix, include_value=False)
+
     def _iter(self, prefix):
         if self._txn:
             raise RingError("whole-ring reads are not available inside a pending transaction")
@@ -336,7 +340,7 @@ class LevelRing(object):
             if len(lst) != len(set(lst)) or set(lst) != want:
                 problems.append("list /PNODE/%s does not match /VNODE (%d listed, %d owned)" % (p, len(lst), len(want)))
             got = 0
-            for k, _ in self._iter(pnode_key(p) + b"/"):
+            for k in self._iter_keys(pnode_key(p) + b"/"):
                 rest = k[len(pnode_key(p)) + 1:]
                 if rest.isdigit():
                     if int(rest) in want:
@@ -626,8 +630,6 @@ def read_topology(path, snapshot=False):
             return read_topology(copy)
     with open_ring(path, readonly=True) as ring:
         return ring.topology()
-
-
 
 
 def __getattr__(name):

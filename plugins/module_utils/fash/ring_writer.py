@@ -155,8 +155,8 @@ def write_topology(topology, path, sst=False, strict_pnodes=True, engine="auto")
     _check_target(path)
     parent = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, ".%s.fash-tmp-%d-%d" % (os.path.basename(os.path.abspath(path)), os.getpid(),
-                                                      threading.get_ident() % 100000))
+    name = os.path.basename(os.path.abspath(path))
+    tmp = os.path.join(parent, ".%s.fash-tmp-%d-%d" % (name, os.getpid(), threading.get_ident() % 100000))
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_engine(engine)(topology, tmp)

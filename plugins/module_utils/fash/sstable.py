@@ -31,8 +31,8 @@ import sys
 import threading
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from itertools import accumulate, compress
-
 
 
 def _load_crc32c():
@@ -291,76 +291,143 @@ def _level_for(total_bytes):
 
 
 # ---------------------------------------------------------------------- ring layout
-def _pnode_table(topo, dec, strs, owners_lex, path):
-    from .jsenc import js_dumpb
-    from .keys import int_list_json
+class _RingLayout(object):
+    """The sorted key stream of a ring as splittable items, and how to render each into a table.
 
-    names, owner, data = topo._names, topo._owner, topo._data
-    live = [(n.encode("utf-8"), pid) for pid, n in enumerate(names) if n is not None]
-    live.sort()
-    enc = [n for n, _ in live]
-    for a, b in zip(enc, enc[1:]):
-        if b.startswith(a) and b[len(a):len(a) + 1] < b"/":
-            raise _Unsupported("pnode %r is a prefix of %r" % (a, b))
-    if len(names) <= 16:
-        # C-speed passes per pnode: a 0/1 mask from bytes.translate, then compress
-        own_b = array("B", owner).tobytes()
-        lex_b = array("B", owners_lex).tobytes()
-        lex, asc = {}, {}
-        for _, pid in live:
-            table = bytearray(256)
-            table[pid] = 1
-            table = bytes(table)
-            lex[pid] = list(compress(strs, lex_b.translate(table)))
-            asc[pid] = b"[" + b",".join(compress(dec, own_b.translate(table))) + b"]"
-    else:
-        buckets = [[] for _ in names]
-        apps = [b.append for b in buckets]
-        for s, o in zip(strs, owners_lex):
-            apps[o](s)
-        lex = dict(enumerate(buckets))
-        asc = {pid: int_list_json(vs) for pid, vs in enumerate(topo._buckets())}
-    denc = {b"%d" % v: js_dumpb(d) for v, d in data.items()}
-    with open(path, "wb", buffering=1 << 20) as fh:
-        w = TableWriter(fh)
-        w.add(b"/PNODE", js_dumpb(topo.pnodes()))
-        for name_b, pid in live:
-            key = b"/PNODE/" + name_b
-            w.add(key, asc[pid])
-            sfx = lex[pid]
-            if denc and any(s in denc for s in sfx):
-                table = [_ONE]
-                pos = {_ONE: 0}
-                ids = []
-                for s in sfx:
-                    d = denc.get(s, _ONE)
-                    j = pos.get(d)
-                    if j is None:
-                        j = pos[d] = len(table)
-                        table.append(d)
-                    ids.append(j)
-                w.add_run(key + b"/", sfx, values=table, value_ids=ids)
-            else:
-                w.add_run(key + b"/", sfx, const=_ONE)
-        return w.finish()
+    Items, in key order: ``("key", key, value)``, ``("list", pid)`` (the
+    ``/PNODE/<p>`` list), ``("data", pid, a, b)`` (``/PNODE/<p>/<v>`` for the
+    a-th to b-th of p's vnodes in key order) and ``("vnode", a, b)``
+    (``/VNODE/<v>`` for the a-th to b-th vnodes in key order).
+    """
 
+    def __init__(self, topo):
+        from .jsenc import js_dumpb
+        from .ring_writer import _meta_items
 
-def _vnode_table(topo, strs, owners_lex, path):
-    from .jsenc import js_dumpb
-    from .ring_writer import _meta_items
+        self.topo = topo
+        n = topo._n
+        names, owner = topo._names, topo._owner
+        self.live = sorted((nm.encode("utf-8"), pid) for pid, nm in enumerate(names) if nm is not None)
+        enc = [nm for nm, _pid in self.live]
+        for a, b in zip(enc, enc[1:]):
+            if b.startswith(a) and b[len(a):len(a) + 1] < b"/":
+                raise _Unsupported("pnode %r is a prefix of %r" % (a, b))
+        self.dec = [b"%d" % v for v in range(n)]                  # numeric order
+        self.strs = sorted(self.dec)                               # key (bytewise) order
+        if len(names) <= 255:
+            self.own_b = array("B", owner).tobytes()
+            counts = {pid: self.own_b.count(pid) for _nm, pid in self.live}
+        else:
+            self.own_b = None
+            counts = Counter(owner)
+        self.pvals = [js_dumpb(nm) if nm is not None else b"null" for nm in names]
+        self.denc = {b"%d" % v: js_dumpb(d) for v, d in topo._data.items()}
+        self._lex = {}
+        self._asc = None
+        meta = sorted(_meta_items(topo))
+        pside = [("key", b"/PNODE", js_dumpb(topo.pnodes()))]
+        for nm, pid in self.live:
+            pside.append(("list", pid))
+            if counts.get(pid):
+                pside.append(("data", pid, 0, counts[pid]))
+        vside = [("key", k, v) for k, v in meta if k < b"/VNODE/" and not k.startswith(b"/PNODE")]
+        vside.append(("vnode", 0, n))
+        vside += [("key", k, v) for k, v in meta if k > b"/VNODE/"]
+        self.pside, self.vside = pside, vside
 
-    pvals = [js_dumpb(n) if n is not None else b"null" for n in topo._names]
-    meta = sorted(_meta_items(topo))
-    with open(path, "wb", buffering=1 << 20) as fh:
-        w = TableWriter(fh)
-        for k, v in meta:
-            if k < b"/VNODE/" and not k.startswith(b"/PNODE"):
-                w.add(k, v)
-        w.add_run(b"/VNODE/", strs, values=pvals, value_ids=owners_lex)
-        for k, v in meta:
-            if k > b"/VNODE/":
-                w.add(k, v)
-        return w.finish()
+    # -------------------------------------------------------------- splitting
+    @staticmethod
+    def split(items, parts):
+        """Cut ``items`` into ``parts`` chunks of about equal key counts (runs may be cut)."""
+        def weight(it):
+            return (it[3] - it[2]) if it[0] == "data" else (it[2] - it[1]) if it[0] == "vnode" else 1
+
+        total = sum(weight(it) for it in items)
+        target = max(1, -(-total // parts))
+        chunks, cur, size = [], [], 0
+        for it in items:
+            while True:
+                w = weight(it)
+                room = target - size
+                if w <= room or len(chunks) == parts - 1 or it[0] == "key" or it[0] == "list":
+                    cur.append(it)
+                    size += w
+                    break
+                if room > 0:
+                    if it[0] == "data":
+                        cur.append(("data", it[1], it[2], it[2] + room))
+                        it = ("data", it[1], it[2] + room, it[3])
+                    else:
+                        cur.append(("vnode", it[1], it[1] + room))
+                        it = ("vnode", it[1] + room, it[2])
+                chunks.append(cur)
+                cur, size = [], 0
+            if size >= target and len(chunks) < parts - 1:
+                chunks.append(cur)
+                cur, size = [], 0
+        if cur:
+            chunks.append(cur)
+        return [c for c in chunks if c]
+
+    # -------------------------------------------------------------- rendering
+    def _mask(self, pid):
+        table = bytearray(256)
+        table[pid] = 1
+        return bytes(table)
+
+    def _numeric_bucket(self, pid):
+        """p's vnodes as decimal bytes, ascending."""
+        if self.own_b is not None:
+            return list(compress(self.dec, self.own_b.translate(self._mask(pid))))
+        if self._asc is None:
+            self._asc = self.topo._buckets()
+        return [self.dec[v] for v in self._asc[pid]]
+
+    def lex_bucket(self, pid):
+        """p's vnodes as decimal bytes, in key order."""
+        b = self._lex.get(pid)
+        if b is None:
+            b = self._lex[pid] = sorted(self._numeric_bucket(pid))
+        return b
+
+    def asc_json(self, pid):
+        """The ``/PNODE/<p>`` value: p's vnodes ascending, as JSON."""
+        return b"[" + b",".join(self._numeric_bucket(pid)) + b"]"
+
+    def owners(self, a, b):
+        """Pnode ids of the a-th to b-th vnodes in key order."""
+        return list(map(self.topo._owner.__getitem__, map(int, self.strs[a:b])))
+
+    def write(self, items, path):
+        names = {pid: nm for nm, pid in self.live}
+        with open(path, "wb", buffering=1 << 20) as fh:
+            w = TableWriter(fh)
+            for it in items:
+                kind = it[0]
+                if kind == "key":
+                    w.add(it[1], it[2])
+                elif kind == "list":
+                    w.add(b"/PNODE/" + names[it[1]], self.asc_json(it[1]))
+                elif kind == "data":
+                    sfx = self.lex_bucket(it[1])[it[2]:it[3]]
+                    prefix = b"/PNODE/" + names[it[1]] + b"/"
+                    denc = self.denc
+                    if denc and any(s in denc for s in sfx):
+                        table, pos, ids = [_ONE], {_ONE: 0}, []
+                        for s in sfx:
+                            d = denc.get(s, _ONE)
+                            j = pos.get(d)
+                            if j is None:
+                                j = pos[d] = len(table)
+                                table.append(d)
+                            ids.append(j)
+                        w.add_run(prefix, sfx, values=table, value_ids=ids)
+                    else:
+                        w.add_run(prefix, sfx, const=_ONE)
+                else:
+                    a, b = it[1], it[2]
+                    w.add_run(b"/VNODE/", self.strs[a:b], values=self.pvals, value_ids=self.owners(a, b))
+            return w.finish()
 
 
 class _Unsupported(Exception):
@@ -399,7 +466,7 @@ def _collect_child(pid, r):
             break
         chunks.append(b)
     os.close(r)
-    _, status = os.waitpid(pid, 0)
+    status = os.waitpid(pid, 0)[1]
     msg = b"".join(chunks)
     code = os.waitstatus_to_exitcode(status)
     if code == 3:
@@ -422,46 +489,67 @@ def _parallel_ok():
             and _os_threads() == 1 and os.environ.get("MANTA_FASH_NO_FORK") != "1")
 
 
+#: rings with fewer vnodes are written as one table by one process
+SPLIT_MIN_VNODES = 50000
+#: tables (and processes) for the /PNODE... keys and for the rest, on bigger rings
+SPLIT_PARTS = (2, 2)
+
+
+def _jobs_for(n):
+    """How many tables (and processes) to build a ring of n vnodes with."""
+    if n < SPLIT_MIN_VNODES:
+        return 1, 1
+    return SPLIT_PARTS
+
+
 def write_ring(topo, path):
     """Write ``topo`` as a new LevelDB database at ``path`` (which must not exist). Falls back when unsupported."""
     from .ring_writer import _write_plyvel
 
     os.mkdir(path)
-    n = topo._n
-    dec = ",".join(map(str, range(n))).encode("ascii").split(b",")   # b"0", b"1", ... (numeric order)
-    strs = sorted(dec)                                               # the same in key (bytewise) order
-    owners_lex = list(map(topo._owner.__getitem__, map(int, strs)))
-    t_pnode = os.path.join(path, "000002.ldb")
-    t_vnode = os.path.join(path, "000003.ldb")
     try:
-        if _parallel_ok():
-            pid, fd = _build_child(_pnode_table, (topo, dec, strs, owners_lex, t_pnode), t_pnode)
-            try:
-                m_vnode = _vnode_table(topo, strs, owners_lex, t_vnode)
-            finally:
-                m_pnode = _collect_child(pid, fd)
-        else:
-            m_pnode = _pnode_table(topo, dec, strs, owners_lex, t_pnode)
-            m_vnode = _vnode_table(topo, strs, owners_lex, t_vnode)
+        layout = _RingLayout(topo)
     except _Unsupported:
         # pnode names whose keys interleave: let LevelDB sort them
-        for f in os.listdir(path):
-            os.unlink(os.path.join(path, f))
         os.rmdir(path)
         return _write_plyvel(topo, path)
-    level = _level_for(m_pnode["size"] + m_vnode["size"])
-    edit = _version_edit([(level, 2, m_pnode), (level, 3, m_vnode)], next_file=5, last_seq=SEQUENCE)
-    with open(os.path.join(path, "MANIFEST-000004"), "wb") as fh:
+    kp, kv = _jobs_for(topo._n)
+    chunks = _RingLayout.split(layout.pside, kp) + _RingLayout.split(layout.vside, kv)
+    files = [(2 + i, os.path.join(path, "%06d.ldb" % (2 + i))) for i in range(len(chunks))]
+    metas = [None] * len(chunks)
+    children = []
+    try:
+        if len(chunks) > 1 and _parallel_ok():
+            for i in range(1, len(chunks)):
+                children.append((i,) + _build_child(layout.write, (chunks[i], files[i][1]), files[i][1]))
+            metas[0] = layout.write(chunks[0], files[0][1])
+        else:
+            for i, chunk in enumerate(chunks):
+                metas[i] = layout.write(chunk, files[i][1])
+    finally:
+        errors = []
+        for i, pid, fd in children:
+            try:
+                metas[i] = _collect_child(pid, fd)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+    level = _level_for(sum(m["size"] for m in metas))
+    manifest = len(chunks) + 2
+    edit = _version_edit([(level, num, m) for (num, _path), m in zip(files, metas)], next_file=manifest + 1,
+                         last_seq=SEQUENCE)
+    with open(os.path.join(path, "MANIFEST-%06d" % manifest), "wb") as fh:
         fh.write(_log_records(edit))
         fh.flush()
         os.fsync(fh.fileno())
-    for name in ("000002.ldb", "000003.ldb"):
-        fd = os.open(os.path.join(path, name), os.O_RDONLY)
+    for _num, name in files:
+        fd = os.open(name, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     with open(os.path.join(path, "CURRENT"), "wb") as fh:
-        fh.write(b"MANIFEST-000004\n")
+        fh.write(b"MANIFEST-%06d\n" % manifest)
         fh.flush()
         os.fsync(fh.fileno())

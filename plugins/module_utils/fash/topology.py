@@ -33,7 +33,7 @@ def _pairs_no_dups(pairs):
     d = dict(pairs)
     if len(d) != len(pairs):
         seen = set()
-        for k, _ in pairs:
+        for k, _v in pairs:
             if k in seen:
                 raise RingInputError("JSON object has key %r more than once" % (k,))
             seen.add(k)
@@ -247,7 +247,7 @@ class Topology(object):
         return [names[o] for o in self._owner]
 
     def _buckets(self):
-        buckets = [[] for _ in self._names]
+        buckets = [[] for _n in self._names]
         for v, o in enumerate(self._owner):
             buckets[o].append(v)
         return buckets
@@ -334,4 +334,3 @@ class Topology(object):
         if pnode not in self._ids:
             self._ids[pnode] = len(self._names)
             self._names.append(pnode)
-

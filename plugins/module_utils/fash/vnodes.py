@@ -108,7 +108,7 @@ def parse_vnodes(items, vnode_count=None, allow_duplicates=False):
     out = []
     for item in items:
         if isinstance(item, str) and "-" in item.strip()[1:]:
-            lo, _, hi = item.strip().partition("-")
+            lo, _sep, hi = item.strip().partition("-")
             a, b = parse_vnode(lo, vnode_count), parse_vnode(hi, vnode_count)
             if b < a:
                 raise RingInputError("vnode range %r is reversed; write low-high" % (item,))

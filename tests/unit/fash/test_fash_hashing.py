@@ -84,3 +84,13 @@ def test_unicode_key():
     assert topo.get_node("h\u00e9llo/w\u00f6rld") == ("B", 10, 1)
     # lone surrogates are hashed as U+FFFD, like Node
     assert topo.vnode_of("a\ud800") == topo.vnode_of("a\ufffd")
+
+
+@pytest.mark.parametrize("x,text", [
+    (1.0, "1"), (-0.0, "0"), (2.5, "2.5"), (0.1, "0.1"), (123.456, "123.456"), (1e20, "100000000000000000000"),
+    (1e21, "1e+21"), (1e-7, "1e-7"), (0.000001, "0.000001"), (1.5e-7, "1.5e-7"), (-1.25e300, "-1.25e+300"),
+])
+def test_js_number_formatting(x, text):
+    from ansible_collections.manta.ops.plugins.module_utils.fash.jsenc import js_dumps, js_number
+    assert js_number(x) == text
+    assert js_dumps({"a": [x, True, None, "\u00e9"]}) == '{"a":[%s,true,null,"\u00e9"]}' % text

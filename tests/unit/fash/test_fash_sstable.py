@@ -21,13 +21,17 @@ def _topo():
     return topo
 
 
-@pytest.mark.parametrize("fork", ["1", "0"])
-def test_same_as_leveldb_write_path(tmp_path, monkeypatch, fork):
+@pytest.mark.parametrize("fork,parts", [("1", (1, 1)), ("1", (2, 3)), ("0", (3, 2))])
+def test_same_as_leveldb_write_path(tmp_path, monkeypatch, fork, parts):
     monkeypatch.setenv("MANTA_FASH_NO_FORK", "0" if fork == "1" else "1")
+    monkeypatch.setattr(sstable, "SPLIT_MIN_VNODES", 0)
+    monkeypatch.setattr(sstable, "SPLIT_PARTS", parts)
     topo = _topo()
     write_topology(topo, str(tmp_path / "direct"), engine="sstable")
     write_topology(topo, str(tmp_path / "plyvel"), engine="plyvel")
-    assert sorted(os.listdir(tmp_path / "direct")) == ["000002.ldb", "000003.ldb", "CURRENT", "MANIFEST-000004"]
+    k = sum(parts)
+    assert sorted(os.listdir(tmp_path / "direct")) == ["%06d.ldb" % i for i in range(2, 2 + k)] + [
+        "CURRENT", "MANIFEST-%06d" % (2 + k)]
     assert dump_ring(str(tmp_path / "direct")) == dump_ring(str(tmp_path / "plyvel"))
     db = plyvel.DB(str(tmp_path / "direct"), paranoid_checks=True)
     try:
@@ -54,6 +58,17 @@ def test_interleaving_pnode_names_fall_back(tmp_path):
     write_topology(topo, str(tmp_path / "r"), strict_pnodes=False, engine="sstable")
     write_topology(topo, str(tmp_path / "p"), strict_pnodes=False, engine="plyvel")
     assert dump_ring(str(tmp_path / "r")) == dump_ring(str(tmp_path / "p"))
+
+
+def test_split_cuts_runs_evenly():
+    items = [("key", b"/PNODE", b"[]"), ("list", 0), ("data", 0, 0, 10), ("list", 1), ("data", 1, 0, 7)]
+    chunks = sstable._RingLayout.split(items, 3)
+    assert [sum((it[3] - it[2]) if it[0] == "data" else 1 for it in c) for c in chunks] == [7, 7, 6]
+    assert chunks[0] == [("key", b"/PNODE", b"[]"), ("list", 0), ("data", 0, 0, 5)]
+    assert chunks[1] == [("data", 0, 5, 10), ("list", 1), ("data", 1, 0, 1)]
+    assert chunks[2] == [("data", 1, 1, 7)]
+    assert sstable._RingLayout.split([("vnode", 0, 10)], 4) == [[("vnode", 0, 3)], [("vnode", 3, 6)],
+                                                                 [("vnode", 6, 9)], [("vnode", 9, 10)]]
 
 
 def test_sst_names(tmp_path):

@@ -90,7 +90,7 @@ def diff_rings(a, b, with_vnodes=True):
                 g = groups[key] = (x, y, [])
             g[2].append(v)
     data_out = []
-    for _, (x, y, vs) in sorted(groups.items()):
+    for _key, (x, y, vs) in sorted(groups.items()):
         item = {"before": x, "after": y, "count": len(vs), "ranges": ranges(vs)}
         if with_vnodes:
             item["vnodes"] = vs
@@ -162,8 +162,8 @@ def summarize_diff(d, max_lines=50):
     for m in d["moved"]:
         lines.append("move %d vnodes %s -> %s: %s" % (m["count"], m["from"], m["to"], _clip(m["ranges"])))
     for g in d["data"]:
-        lines.append("data %s -> %s on %d vnodes: %s" % (js_dumps(g["before"]), js_dumps(g["after"]),
-                                                        g["count"], _clip(g["ranges"])))
+        lines.append("data %s -> %s on %d vnodes: %s"
+                     % (js_dumps(g["before"]), js_dumps(g["after"]), g["count"], _clip(g["ranges"])))
     for p in d["pnodes_added"]:
         lines.append("add pnode %s" % p)
     for p in d["pnodes_removed"]:
