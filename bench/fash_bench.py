@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -31,11 +32,22 @@ MANTA_FASH = ROOT / ".venv" / "bin" / "manta-fash"
 PNODES = ["tcp://%d.moray.example.com:2020" % i for i in range(1, 6)]
 
 
-def run(cmd):
+def _cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+CPU = {}   # label -> list of CPU seconds (user + sys, the process and its children)
+
+
+def run(cmd, label=None):
     """Run a command; return (wall seconds, None, stdout)."""
+    c0 = _cpu_children()
     t0 = time.perf_counter()
     proc = subprocess.run([str(c) for c in cmd], capture_output=True)
     wall = time.perf_counter() - t0
+    if label:
+        CPU.setdefault(label, []).append(_cpu_children() - c0)
     if proc.returncode != 0:
         raise SystemExit("command failed (%d): %s\n%s" % (proc.returncode, " ".join(map(str, cmd))[:300],
                                                           proc.stderr.decode()[-2000:]))
@@ -53,12 +65,15 @@ _WRAP = ("import sys\n"
          "sys.exit(rc)\n")
 
 
-def run_measured(args):
+def run_measured(args, label=None):
     """Run ``manta-fash ARGS``; return (wall seconds, peak RSS MB)."""
     cmd = [str(ROOT / ".venv" / "bin" / "python"), "-c", _WRAP] + [str(a) for a in args]
+    c0 = _cpu_children()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
+    if label:
+        CPU.setdefault(label, []).append(_cpu_children() - c0)
     err = proc.stderr.decode()
     if proc.returncode != 0:
         raise SystemExit("manta-fash failed (%d): %s\n%s" % (proc.returncode, " ".join(map(str, args))[:300], err))
@@ -92,33 +107,46 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="runs of each manta-fash step; the median is used")
     ap.add_argument("--no-verify", action="store_true", help="do not compare the LevelDB dumps")
     ap.add_argument("--steps", default="create,remap,pnode", help="comma-separated subset of create,remap,pnode")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run at this nice value (negative needs root): on a shared machine, shields both sides' "
+                         "measurements from other work alike")
     ap.add_argument("--workdir", help="where to build the rings (default: a temporary directory)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "fash.json"))
     args = ap.parse_args()
+    if args.nice:
+        os.nice(args.nice)
     if not NODE_FASH.exists():
         raise SystemExit("node-fash is not installed: run scripts/setup.sh")
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="fash-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     n = args.vnodes
     pn = ", ".join(PNODES[:3])
-    res = {"vnodes": n, "pnodes": 3, "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
-    print("fash benchmark: %d vnodes, 3 pnodes, work dir %s, load %.2f %.2f %.2f" % ((n, work) + os.getloadavg()))
+    res = {"vnodes": n, "pnodes": 3, "nice": os.nice(0),
+           "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
+    print("fash benchmark: %d vnodes, 3 pnodes, work dir %s, load %.2f %.2f %.2f, nice %d"
+          % ((n, work) + os.getloadavg() + (os.nice(0),)))
 
     # 1. create ----------------------------------------------------------------
     node_ring, py_ring = work / "node_ring", work / "py_ring"
     node_times, times = [], []
     for i in range(args.repeat):          # interleaved, so both see the same machine load
         shutil.rmtree(node_ring, ignore_errors=True)
-        node_times.append(run([NODE_FASH, "create", "-v", n, "-b", "leveldb", "-l", node_ring, "-p", pn])[0])
+        node_times.append(run([NODE_FASH, "create", "-v", n, "-b", "leveldb", "-l", node_ring, "-p", pn],
+                              "node_create")[0])
         shutil.rmtree(py_ring, ignore_errors=True)
-        t, rss = run_measured(["create", "-v", n, "-b", "leveldb", "-l", py_ring, "-p", pn])
+        t, rss = run_measured(["create", "-v", n, "-b", "leveldb", "-l", py_ring, "-p", pn], "py_create")
         times.append(t)
     t_node = sorted(node_times)[len(node_times) // 2]
     t_py = sorted(times)[len(times) // 2]
     res["create"] = {"node_s": t_node, "node_runs_s": node_times, "python_s": t_py, "python_runs_s": times,
                      "ratio": t_node / t_py, "python_peak_rss_mb": rss, "ok": t_node / t_py >= 5}
+    cpu_node = sorted(CPU["node_create"])[len(times) // 2]
+    cpu_py = sorted(CPU["py_create"])[len(times) // 2]
+    res["create"].update({"node_cpu_s": cpu_node, "python_cpu_s": cpu_py, "cpu_ratio": cpu_node / cpu_py})
     print("create     node-fash %8.2f s   manta-fash %6.3f s (medians of %d)   ratio %6.1fx   (target >= 5x)"
           % (t_node, t_py, len(times), t_node / t_py))
+    print("           CPU (user+sys): node-fash %.2f s, manta-fash %.2f s, ratio %.1fx"
+          % (cpu_node, cpu_py, cpu_node / cpu_py))
     if not args.no_verify:
         same = dumps_equal(str(node_ring), str(py_ring))
         res["create"]["dumps_identical"] = same

@@ -56,7 +56,7 @@ def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0
     / ``aggregate_bytes_per_second`` (what the controller saw for all streams at once).
     Returns {"seconds": total, "components": {...}, "model": {...}}."""
     m = dict(DEFAULTS)
-    m.update({k: v for k, v in (measured or {}).items() if v})
+    m.update({k: v for k, v in (measured or {}).items() if v is not None})
     conc = max(1, int(throttle.get("copy_concurrency") or 8))
     bw_cap = throttle.get("max_bytes_per_sec") or None
     md_cap = throttle.get("metadata_rows_per_sec") or None

@@ -106,7 +106,7 @@ def build_destinations(beats, inv, evac_ids, max_fill, lag, reserved, exclude=()
 def rates(throttle, measured):
     conc = int(throttle.get("copy_concurrency") or DEFAULT_COPY_CONCURRENCY)
     m = dict(EE.DEFAULTS)
-    m.update({k: v for k, v in (measured or {}).items() if v})
+    m.update({k: v for k, v in (measured or {}).items() if v is not None})
     spo = m["seconds_per_object"] + m["write_overhead_per_object"]
     obj_rate = conc / spo
     bw = m["bytes_per_second"]

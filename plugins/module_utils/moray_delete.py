@@ -636,13 +636,16 @@ def delete_vnode_rows(shard, target, vnodes, tables=None, owner_shard=None, owne
     secs = {}
     vnodes = sorted(set(vnodes))
     conn = oconn = None
+    step = moray_pg.step
     try:
         conn = moray_pg.connect(target, connect_timeout, statement_timeout)
-        ident = moray_pg.require_primary(conn, target)
-        infos = moray_tables.discover(conn, tables, database=ident["database"])
+        with step(f"reading the tables of shard {shard}", statement_timeout):
+            ident = moray_pg.require_primary(conn, target)
+            infos = moray_tables.discover(conn, tables, database=ident["database"])
         order = [infos[n] for n in moray_tables.delete_order(infos)]
         t0 = time.monotonic()
-        before = moray_census.take(conn, shard, order, vnodes=vnodes, with_bytes=False, breakdown=True)
+        with step(f"counting the rows of {len(vnodes)} vnodes on shard {shard}", statement_timeout):
+            before = moray_census.take(conn, shard, order, vnodes=vnodes, with_bytes=False, breakdown=True)
         secs["census"] = _seconds(t0)
 
         result = {
@@ -664,15 +667,20 @@ def delete_vnode_rows(shard, target, vnodes, tables=None, owner_shard=None, owne
         if owner_target is not None:
             oconn = moray_pg.connect(owner_target, connect_timeout, statement_timeout,
                                      what="primary of owner shard")
-            oident = moray_pg.require_primary(oconn, owner_target)
+            with step(f"reading owner shard {owner_shard}", statement_timeout):
+                oident = moray_pg.require_primary(oconn, owner_target)
             if moray_owner_check.same_database(ident, oident):
                 raise moray_owner_check.OwnerCheckError(
                     f"owner shard {owner_shard} ({owner_target.display}) is the same database as "
                     f"shard {shard} ({target.display}): the owner check would compare the rows with "
                     "themselves. Point owner_dsn at the primary of the shard that now owns the vnodes")
-            oinfos = moray_tables.discover(oconn)
-            otables = [oinfos[t.name] for t in order if t.name in oinfos]
-            ocensus = moray_census.take(oconn, owner_shard, otables, vnodes=vnodes, with_bytes=False)
+            with step(f"counting the rows of {len(vnodes)} vnodes on owner shard {owner_shard}",
+                      statement_timeout):
+                oinfos = moray_tables.discover(oconn)
+                otables = [oinfos[t.name] for t in order if t.name in oinfos]
+                ocensus = moray_census.take(oconn, owner_shard, otables, vnodes=vnodes, with_bytes=False)
+            moray_pg.close_quietly(oconn)
+            oconn = None
             check = moray_owner_check.compare(before, ocensus, owner_min_ratio)
             check.update({"owner_shard": owner_shard, "owner_database": oident, "forced": False})
             if not check["ok"]:
@@ -747,8 +755,12 @@ def delete_vnode_rows(shard, target, vnodes, tables=None, owner_shard=None, owne
             deleter.write_progress(force=True)
             t0 = time.monotonic()
             try:
-                after = verify(conn, shard, order, vnodes)
-            except VerifyError as exc:
+                # a fresh connection: the first one sat idle through a possibly long delete
+                moray_pg.close_quietly(conn)
+                conn = moray_pg.connect(target, connect_timeout, statement_timeout)
+                with step(f"verifying shard {shard}", statement_timeout):
+                    after = verify(conn, shard, order, vnodes)
+            except (VerifyError, moray_pg.MorayPgError) as exc:
                 deleter.status = "failed"
                 deleter.error = str(exc)
                 deleter.write_progress(force=True)

@@ -30,6 +30,7 @@ import traceback
 PSYCOPG2_IMP_ERR = None
 try:
     import psycopg2
+    import psycopg2.errors
     import psycopg2.extensions
     from psycopg2 import sql
     HAS_PSYCOPG2 = True
@@ -223,6 +224,26 @@ def require_primary(conn, target):
             f"{target.shard}: rows are counted and deleted on the primary only; point the DSN "
             "at the primary (manatee-adm show names it)")
     return ident
+
+
+class step:
+    """``with step("counting rows on shard X"):`` turns a PostgreSQL error into a MorayPgError
+    that says what was being done (and, for a statement timeout, what to change)."""
+
+    def __init__(self, what, statement_timeout=None):
+        self.what = what
+        self.statement_timeout = statement_timeout
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not HAS_PSYCOPG2 or not isinstance(exc, psycopg2.Error):
+            return False
+        if isinstance(exc, psycopg2.errors.QueryCanceled):
+            raise MorayPgError(f"{self.what}: the statement timeout ({self.statement_timeout}s) was hit; "
+                               "raise statement_timeout (or run when the shard is less busy)") from None
+        raise MorayPgError(f"{self.what}: {_first_line(exc)}") from None
 
 
 def close_quietly(conn):

@@ -54,10 +54,12 @@ def report(shard, target, tables=None, vnodes=None, bytes_mode="sampled", top=20
     conn = None
     try:
         conn = moray_pg.connect(target, connect_timeout, statement_timeout)
-        ident = moray_pg.require_primary(conn, target)
-        infos = moray_tables.discover(conn, tables, database=ident["database"])
+        with moray_pg.step(f"reading the tables of shard {shard}", statement_timeout):
+            ident = moray_pg.require_primary(conn, target)
+            infos = moray_tables.discover(conn, tables, database=ident["database"])
         order = [infos[n] for n in sorted(infos)]
-        census = moray_census.take(conn, shard, order, vnodes=vnodes, bytes_mode=bytes_mode)
+        with moray_pg.step(f"counting rows per vnode on shard {shard}", statement_timeout):
+            census = moray_census.take(conn, shard, order, vnodes=vnodes, bytes_mode=bytes_mode)
     finally:
         moray_pg.close_quietly(conn)
     out = {"database": ident, "table_info": [t.to_result() for t in order],

@@ -262,16 +262,8 @@ class Cutover:
             self.sapi.update("instance", zone, "update", metadata=want, params={"alias": alias})
             out["sapi_updated"] = True
         vm = self.vmapi.get_vm(zone)
-        if vm.get("alias") != alias:
-            from ansible_collections.manta.ops.plugins.module_utils.http_api import ApiError
-            try:
-                # not awaited: VMAPI runs a VM's jobs in order, so the reprovision below follows it
-                job = self.vmapi.update_vm(zone, {"alias": alias})
-                out["vm_alias_job"] = job.get("job_uuid")
-            except ApiError as exc:
-                if not exc.has_field_error("alias", "Duplicate"):
-                    raise
-                out["vm_alias_duplicate"] = True
+        # The VMAPI alias is cosmetic (the reprovision below does not need it): it is set after the
+        # window, in sapi_cleanup, so that its job does not queue ahead of the reprovision.
         image = vm.get("image_uuid")
         marker = f"{self.plan}-{role}"
         rec_m = md.get(MARKER_KEY) if isinstance(md.get(MARKER_KEY), dict) else None

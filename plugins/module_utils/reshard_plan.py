@@ -59,8 +59,9 @@ def extract_ring(tarball, dest):
 def load_ring_image(imgapi, image_uuid, workdir):
     """Download a ring image and read its topology. Returns (Topology, stamp or None)."""
     from ansible_collections.manta.ops.plugins.module_utils.fash import read_topology
-    os.makedirs(workdir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="ring-", dir=workdir)
+    # scratch under workdir when it exists, else the system temp dir (check mode creates nothing)
+    tmp = tempfile.mkdtemp(prefix="manta-reshard-ring-",
+                           dir=workdir if workdir and os.path.isdir(workdir) else None)
     try:
         tgz = os.path.join(tmp, "ring.tar.gz")
         imgapi.download_file(image_uuid, tgz)
@@ -294,10 +295,12 @@ def estimates(census_summary, db_bytes, ems, rates, delete_cfg, measured=None):
     r.update(rates or {})
     m = measured or {}
     peers = 3
-    copy_rate = m.get("copy_bytes_per_s") or r["copy_bytes_per_s"]
+    copy_rate = r["copy_bytes_per_s"]
     copy_s = peers * (r["peer_overhead_s"] + (db_bytes or 0) / float(copy_rate))
-    if m.get("copy_seconds_per_peer_overhead"):
-        copy_s = peers * (m["copy_seconds_per_peer_overhead"] + (db_bytes or 0) / float(copy_rate))
+    if m.get("copy_phase_s") and m.get("copy_db_bytes"):
+        # the last plan's whole copy phase (3 peers), scaled up by the size when bigger
+        copy_s = m["copy_phase_s"] * max(1.0, (db_bytes or 0) / float(m["copy_db_bytes"]))
+        copy_rate = m["copy_db_bytes"] / float(m["copy_phase_s"])
     model_window = ((2 * max(1, ems) - 1) * r["em_restart_s"] + 3 * r["detach_s"] + r["reprovision_s"]
                     + r["establish_s"])
     window_s = m.get("window_s") or model_window

@@ -9,8 +9,8 @@ module: evacuate_metadata
 short_description: Record a round's copy results and point the metadata at the verified copies
 version_added: 0.1.0
 description:
-  - Reads the results files of a round (fetched from the destinations) into the job store:
-    verified copies become C(copied), failed ones C(skipped) with their reason, transient failures
+  - Reads the results files of a round (fetched from the destinations) into the job store.
+    Verified copies become C(copied), failed ones C(skipped) with their reason, transient failures
     go back to C(pending). A destination whose copy task failed has its copies put back to pending.
   - Then, for every copy recorded C(copied) (this round's and any left by an earlier, interrupted
     run), replaces the evacuated node by the destination in the object's C(sharks), straight on the

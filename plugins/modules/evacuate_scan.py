@@ -21,7 +21,7 @@ description:
     snapshot).
   - MPU part records and zero-byte objects are recorded as skipped with their reason, malformed
     records as errors; they are reported, never silently dropped.
-  - O(phase=verify) runs a verification pass, once the job has nothing left in flight: any
+  - O(phase=verify) runs a verification pass, once the job has nothing left in flight. Any
     copy found again (a lost update, a snaplink made meanwhile) goes back to pending; a pass
     that finds nothing left marks the job complete.
 author:

@@ -160,7 +160,7 @@ options:
   pause_ms:
     description: Milliseconds each connection sleeps after a batch that deleted rows (0..60000).
     type: int
-    default: 50
+    default: 20
   connections:
     description: PostgreSQL connections deleting at once (1..64).
     type: int
@@ -168,7 +168,7 @@ options:
   max_rows_per_second:
     description: Ceiling on rows deleted per second over all connections; V(0) means none.
     type: int
-    default: 2000
+    default: 5000
   throttle_file:
     description:
       - JSON file whose keys (V(batch_size), V(pause_ms), V(connections),
@@ -190,8 +190,8 @@ options:
 notes:
   - Deleting half of a big shard takes a while even at full speed. Run the task with C(async) and
     C(poll), and watch O(progress_file) (for example C(watch jq .percent,.eta <file>)).
-  - The default throttle (500 rows per batch, 50 ms pause, 2 connections, at most 2000 rows/s) was measured in
-    the lab to keep the p99 latency of other writes within twice its idle value. The reshard
+  - The default throttle (500 rows per batch, 20 ms pause, 2 connections, at most 5000 rows/s) was measured on
+    a lab shard to keep the p99 latency of other writes within twice its idle value. The reshard
     service's defaults deleted about 100 rows/s. See docs/bench-moray.md.
   - Nothing here freezes or unfreezes the manatee clusters. Deleting does not need a frozen cluster, because every
     batch commits on its own and a failover only interrupts the run, which a rerun resumes.
@@ -312,7 +312,7 @@ throttle:
   description: The throttle settings in force at the end (options overlaid by O(throttle_file)).
   returned: always
   type: dict
-  sample: {"batch_size": 500, "pause_ms": 50, "connections": 2, "max_rows_per_second": 2000}
+  sample: {"batch_size": 500, "pause_ms": 20, "connections": 2, "max_rows_per_second": 5000}
 throttle_error:
   description: Why O(throttle_file) was ignored, if it was.
   returned: success, not in check mode
@@ -341,6 +341,8 @@ leftovers:
 """
 
 import os
+
+import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -455,6 +457,9 @@ def main():
     except (moray_ring.OwnershipError, moray_pg.MorayPgError, TableError, OwnerCheckError,
             throttle_mod.ThrottleError, ProgressFileError) as exc:
         module.fail_json(msg=str(exc))
+    except Exception as exc:  # a bug: still a clean failure, with the traceback for -vvv
+        module.fail_json(msg=f"moray_vnode_rows failed unexpectedly on shard {shard}: "
+                             f"{type(exc).__name__}: {exc}", exception=traceback.format_exc())
 
     changed = result["rows_to_delete"] > 0
     out = dict(changed=changed, **result)

@@ -242,6 +242,8 @@ plan:
     rows_moved: 499997
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.manta.ops.plugins.module_utils import moray_pg, moray_ring
@@ -311,6 +313,9 @@ def main():
             list_limit=plan["list_limit"] if plan else None)
     except (moray_ring.OwnershipError, moray_pg.MorayPgError, TableError, PlanError) as exc:
         module.fail_json(msg=str(exc))
+    except Exception as exc:  # a bug: still a clean failure, with the traceback for -vvv
+        module.fail_json(msg=f"moray_vnode_rows_info failed unexpectedly on shard {shard}: "
+                             f"{type(exc).__name__}: {exc}", exception=traceback.format_exc())
     module.exit_json(changed=False, shard=shard, **result)
 
 

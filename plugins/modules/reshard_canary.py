@@ -16,7 +16,7 @@ description:
   - V(present) creates the sentinel table on the old shard's primary (as moray's putBucket would) and writes the
     canaries through electric-moray (putObject), unless they are there already.
   - V(verified) reads every canary through every given electric-moray (getObject) and checks its value and the
-    shard electric-moray routed it to (C(_node.pnode)): the new shard for moving canaries once the final ring is
+    shard electric-moray routed it to (C(_node.pnode)), that is the new shard for moving canaries once the final ring is
     in (O(expect=new)), the old shard before. With O(write=true) it also writes a new version through
     electric-moray and checks, with direct reads of both primaries, that the write landed on the expected shard.
     With O(exclusive=true) (after the delete) a canary must exist on exactly one shard.

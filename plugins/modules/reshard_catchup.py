@@ -11,15 +11,15 @@ short_description: Wait until a reshard's new peers are healthy asyncs that have
 version_added: 0.1.0
 description:
   - Follows the new peers of a reshard while they restore and stream from the old cluster (reshard.md phase 4).
-  - For every peer it reads the restore progress from the peer's status server (C(<backupUrl>/restore): size,
+  - For every peer it reads the restore progress from the peer's status server (C(<backupUrl>/restore), giving size,
     completed, restore job uuid, which changes when a restore restarts), the WAL the peer still has to replay
     (the primary's current position minus the peer's replay position) and the replay rate, and computes an ETA.
     The progress is written to the plan's journal after every poll (shown by C(reshard_status.yml)).
   - A peer is caught up when it is listed as an async of the old shard, its upstream streams to it
     asynchronously, and a sentinel written to the old primary after the poll began can be read on the peer
-    itself (a direct connection: moray only ever reads the primary).
+    itself (a direct connection, since moray only ever reads the primary).
   - Returns after O(poll_for) seconds even when not done (RV(done) false) so that a task can loop with
-    C(until) and show a heartbeat; fails after O(timeout) seconds in total (measured from the journal).
+    C(until) and show a heartbeat. It fails after O(timeout) seconds in total (measured from the journal).
 options:
   plan:
     description: The plan id (progress is journaled under C(props.progress)).

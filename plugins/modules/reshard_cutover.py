@@ -11,7 +11,7 @@ short_description: Run the reshard phases inside the write-blocked window, journ
 version_added: 0.1.0
 description:
   - Runs, in one process so that no time is lost between them, the reshard phases that sit between the
-    transitional ring and the final ring: C(detach_peers), C(establish_cluster), C(reconfigure_peers),
+    transitional ring and the final ring, C(detach_peers), C(establish_cluster), C(reconfigure_peers),
     C(verify_new_shard) and C(switch_sapi) (the SAPI half of C(install_ring)). Writes to the moving vnodes are
     blocked meanwhile, so every wait polls every 50 ms and the three peers are reconfigured in parallel.
   - Each phase is journaled (start, end, what later phases need) with M(manta.ops.reshard_journal)'s document,
@@ -89,7 +89,7 @@ options:
     type: str
   wait_transitional:
     description:
-      - Before the first step, wait until every listed electric-moray, C({name: status_url}), serves
+      - Before the first step, wait until every listed electric-moray (a mapping of name to status URL) serves
         C(image) (the transitional ring), and journal when each began serving it (C(props.em_swaps)). Lets this
         task start in the background before the transitional ring is rolled out.
     type: dict

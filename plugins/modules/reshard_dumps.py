@@ -11,7 +11,7 @@ short_description: Wait until no pg_dump runs against a manatee shard
 version_added: 0.1.0
 description:
   - RFD 103 step 6 ("make sure Manatee dumps are not running", done by hand with C(ptree | grep pg_dump.sh) in
-    every postgres zone), through PostgreSQL itself: every peer of the shards named is asked for sessions of
+    every postgres zone), through PostgreSQL itself. Every peer of the shards named is asked for sessions of
     C(pg_dump) (C(pg_stat_activity.application_name)), and the task waits until there are none.
   - Take the shared C(/pg_dump_lock) (M(manta.ops.zk_lock)) first, so that no new dump starts while this waits.
 options:

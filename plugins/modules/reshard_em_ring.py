@@ -59,7 +59,7 @@ options:
     required: true
   index_shards:
     description:
-      - Expected view of the index shards once started, C({host: read_only}). A process whose configuration
+      - Expected view of the index shards once started, a mapping of host name to read-only flag. A process whose configuration
         lacks a host (config-agent has not re-rendered it yet) is restarted again, up to O(restarts) times.
     type: dict
     default: {}
@@ -257,12 +257,12 @@ class Swapper:
                 w = self.p["wait_sapi"]
                 self.m.fail_json(msg=f"waited {self.wait_s:g}s for SAPI {w['key']} to become {w['value']}; "
                                      "not swapping", **self.res)
-            time.sleep(0.1)
+            time.sleep(self.p["poll"])
         pending = list(self.p["wait_for"])
         while pending and time.monotonic() < deadline:
             pending = [u for u in pending if rc.status_image(rc.em_status(u)) != self.p["image_uuid"]]
             if pending:
-                time.sleep(self.p["poll"] * 2)
+                time.sleep(self.p["poll"])
         if pending:
             self.m.fail_json(msg=f"waited {self.wait_s:g}s for {', '.join(pending)} to serve "
                                  f"{self.p['image_uuid']} before swapping this one", **self.res)

@@ -192,6 +192,7 @@ class Planner:
         self.facts = {"errors": [], "warnings": []}
         self.zk = None
         self.t0 = time.time()
+        self.stored = None
 
     def err(self, msg):
         self.facts["errors"].append(msg)
@@ -290,6 +291,12 @@ class Planner:
             f["lock_holder"] = holders[0] if holders else None
             f["lock_info"] = zl.describe(view) if holders else None
         resume = f.get("resume")
+        stored = ((resume or {}).get("props") or {}).get("facts") or {}
+        if resume and not self.m.check_mode and stored.get("app_uuid") and stored.get("freeze_reason"):
+            # a resumed run: the plan's facts were gathered and validated when it was created; only
+            # reachability, the lock and other plans (above) are checked again
+            self.stored = stored
+            return
 
         # -- SAPI instances
         svcs = {}
@@ -476,6 +483,14 @@ class Planner:
             canaries = resume["props"]["canaries"]
         else:
             canaries = self.choose_canaries(plan_id, vnodes, cen)
+        if self.stored:
+            facts = dict(self.stored) | {
+                "plan": plan_id, "vnodes": vnodes, "vnodes_text": rj.ranges_text(vnodes),
+                "servers": d["servers"], "canaries": canaries}
+            self.close()
+            result.update(plan=resume, facts=facts, rehearsal={}, rehearsal_text="",
+                          done_phases=rj.done_phases(resume))
+            self.m.exit_json(**result)
         facts = self.plan_facts(plan_id, d, canaries)
         inputs_doc = {"vnodes": rj.pack_vnodes(vnodes), "vnode_count": len(vnodes), "servers": d["servers"],
                       "split": p.get("split"), "split_fraction": p.get("split_fraction"),
@@ -539,9 +554,10 @@ class Planner:
                 "census": {"moving": (split or {}).get("moving"), "staying": (split or {}).get("staying"),
                            "db_bytes": (self.facts.get("census") or {}).get("db_bytes"),
                            "per_moving_vnode": per} if split else None,
-                "estimates": est, "facts": {k: facts[k] for k in (
-                    "short", "new_short", "pnode", "new_pnode", "domain", "app_uuid", "owner_uuid",
-                    "postgres_image", "pg_version", "base_peers")}}
+                "estimates": est,
+                # what a resumed run needs without gathering again (see Planner.gather)
+                "facts": {k: v for k, v in facts.items() if k not in ("vnodes", "vnodes_text", "canaries",
+                                                                      "servers", "plan")}}
 
     def rehearsal(self, plan_id, vnodes, split, est, warnings):
         f = self.facts

@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Downloads the current ring (O(old_image)) and builds, with the fash library, two rings as fresh LevelDB
     directories byte-compatible with node-fash, each stamped with its image uuid
-    (C(manta_hash_ring_stamp.json)):
+    (C(manta_hash_ring_stamp.json)), as follows.
   - the B(transitional) ring, the old mapping with data V(ro) on every moving vnode, so that electric-moray
     refuses writes to exactly those vnodes while reads go on;
   - the B(final) ring, the moving vnodes remapped to the new pnode (created in the ring).

@@ -21,7 +21,7 @@ description:
   - Each finished table is journaled, so a re-run resumes at the first unfinished table (the delete itself is
     idempotent). Progress (rows deleted, rate) is journaled every few seconds.
   - Then it verifies that no ghost vnode has a row left in any table; any row left fails the task.
-  - Both clusters must be frozen (by this plan: O(freeze_reason)) while rows are deleted, as manta-reshard
+  - Both clusters must be frozen (by this plan, with O(freeze_reason)) while rows are deleted, as manta-reshard
     required.
   - V(counted) (and check mode) only counts what would be deleted.
 options:

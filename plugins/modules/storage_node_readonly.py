@@ -9,7 +9,7 @@ module: storage_node_readonly
 short_description: Take a Manta storage node out of the pickers' rotation (read-only), and check it is out
 version_added: 0.1.0
 description:
-  - A storage node becomes read-only when its capacity heartbeat stops, C(minnow): its
+  - A storage node becomes read-only when its capacity heartbeat (C(minnow)) stops. Its
     C(manta_storage) record then goes stale and, once older than storinfo's C(lag), storinfo and
     the muskie pickers stop choosing the node for new objects (reference/evacuate.md §1.4, §3.10).
     The rebalancer left this to the operator (MANTA-4462); this module does it and verifies it.

@@ -17,6 +17,8 @@ import pytest
 
 from test_collection_helpers import BIN, REPO, run, tool_env
 
+pytestmark = pytest.mark.timeout(1800)
+
 COPY = ["plugins", "meta", "tests/sanity", "tests/config.yml", "galaxy.yml", "README.md", "changelogs"]
 
 

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from test_evacuate_support import (ROTATION_LAG, Lab, base_vars, check_evacuated, lab_inventory,
+from test_evacuate_support import (unique, ROTATION_LAG, Lab, base_vars, check_evacuated, lab_inventory,
                                    referencing, run_play, seed, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def no_change_since(L, job, sid, before_objs):
 
 
 def test_bad_input_fails_before_any_change(lab, L, tmp_path):
-    seed(lab, 50)
+    rep = seed(lab, 50)
     objs = L.objects()
     sid = "3.stor." + L.st["domain"]
 
@@ -96,7 +96,7 @@ def test_bad_input_fails_before_any_change(lab, L, tmp_path):
 
 
 def test_check_mode_plans_and_estimates_without_changing_anything(lab, L, tmp_path):
-    seed(lab, 300)
+    rep = seed(lab, 300)
     sid = "3.stor." + L.st["domain"]
     objs = L.objects()
     files = {s: L.files(s) for s in L.nodes}
@@ -123,29 +123,34 @@ def test_evacuate_one_node_end_to_end(lab, L, tmp_path):
     sid = "3.stor." + L.st["domain"]
     before = L.objects()
     files_before = {sid: L.files(sid)}
-    n_ref = len(referencing(before, sid))
     mpu = {k[1] for k, v in referencing(before, sid).items() if "/uploads/" in k[1]}
-    job = "e2e-1"
+    job = unique("e2e-1")
     try:
         p = run_play(lab, "evacuate.yml", base_vars(tmp_path, job, evacuate="3.stor"))
         assert p.returncode == 0, p.stdout[-6000:]
         assert f"job {job}: complete" in p.stdout
         after = L.objects()
-        checked = check_evacuated(L, before, after, {sid}, exempt=mpu, files_before=files_before)
-        assert checked >= n_ref - len(mpu)
+        checked = check_evacuated(L, before, after, {sid}, exempt=mpu, files_before=files_before,
+                                  prefixes=rep["prefixes"])
+        assert checked == len([k for k in referencing(before, sid)
+                               if k[1].startswith(tuple(rep["prefixes"]))])
         # snaplinks: creator != owner, the copy lives under the creator
         links = [v for k, (e, v) in after.items() if v.get("creator") and v["creator"] != v["owner"]
                  and k[1].startswith(tuple(rep["prefixes"]))]
         assert links, "the seed makes snaplinks"
         rows = L.job_rows(job)
-        assert {r["status"] for r in rows} <= {"done", "skipped"}
-        assert {r["reason"] for r in rows if r["status"] == "skipped"} <= {"mpu_part"}
-        assert sum(1 for r in rows if r["status"] == "done") == n_ref - len(mpu)
+        mine = [r for r in rows if r["key"].startswith(tuple(rep["prefixes"]))]
+        assert mine and all(r["status"] == "done" for r in mine), {r["status"] for r in mine}
+        assert all((r["status"], r["reason"]) == ("skipped", "mpu_part") for r in rows
+                   if "/uploads/" in r["key"])
+        n_done = sum(1 for r in rows if r["status"] == "done")
+        n_skip = sum(1 for r in rows if r["status"] == "skipped")
+        assert n_done >= len(mine)
         assert L.heartbeat_age(sid) > ROTATION_LAG and not L.minnow_online(sid)
 
         # metrics file for node_exporter
         prom = (tmp_path / "work" / "manta_evacuate.prom").read_text()
-        assert f'manta_evacuate_objects{{job="{job}",node="{sid}",status="done"}} {n_ref - len(mpu)}' in prom
+        assert f'manta_evacuate_objects{{job="{job}",node="{sid}",status="done"}} {n_done}' in prom
         assert f'manta_evacuate_complete{{job="{job}"}} 1' in prom
         assert "# TYPE manta_evacuate_eta_seconds gauge" in prom
 
@@ -161,7 +166,7 @@ def test_evacuate_one_node_end_to_end(lab, L, tmp_path):
                       {"job": job, "evacuate_copy_concurrency": 12,
                        "evacuate_work_dir": str(tmp_path / "work")})
         assert st.returncode == 0, st.stdout[-3000:]
-        assert re.search(rf"{re.escape(sid)}\s+{n_ref - len(mpu)}\s+{len(mpu)}\s+0\s+0", st.stdout), \
+        assert re.search(rf"{re.escape(sid)}\s+{n_done}\s+{n_skip}\s+0\s+0", st.stdout), \
             st.stdout[-3000:]
         assert "skipped mpu_part" in st.stdout and "/uploads/" in st.stdout
         assert L.job(job)["throttle"]["copy_concurrency"] == 12
@@ -170,7 +175,7 @@ def test_evacuate_one_node_end_to_end(lab, L, tmp_path):
 
 
 def test_evacuate_two_nodes_in_one_run(lab, L, tmp_path):
-    seed(lab, 400)
+    rep = seed(lab, 400)
     dom = L.st["domain"]
     evac = {"1.stor." + dom, "4.stor." + dom}           # both nodes of lab-dc1
     before = L.objects()
@@ -181,7 +186,7 @@ def test_evacuate_two_nodes_in_one_run(lab, L, tmp_path):
                                                     evacuate_copy_concurrency=4))
         assert p.returncode == 0, p.stdout[-6000:]
         after = L.objects()
-        n = check_evacuated(L, before, after, evac, exempt=mpu, files_before=files_before)
+        n = check_evacuated(L, before, after, evac, exempt=mpu, files_before=files_before, prefixes=rep["prefixes"])
         assert n > 0
         # lab-dc1 has no other node: every moved copy went to a datacenter without a copy
         for k, (e, v) in after.items():

@@ -199,7 +199,7 @@ def referencing(objs, sid):
                                                   for s in v[1].get("sharks") or [])}
 
 
-def check_evacuated(L, before, after, evac, exempt=(), files_before=None):
+def check_evacuated(L, before, after, evac, exempt=(), files_before=None, prefixes=None):
     """The invariants of a finished evacuation of the nodes ``evac``.
 
     * every object that referenced an evacuated node (except ``exempt`` keys)
@@ -213,6 +213,8 @@ def check_evacuated(L, before, after, evac, exempt=(), files_before=None):
     checked = 0
     for k, (etag, v) in before.items():
         if not any(s["manta_storage_id"] in evac for s in v.get("sharks") or []):
+            continue
+        if prefixes is not None and not k[1].startswith(tuple(prefixes)):
             continue
         if k not in after:
             continue                # deleted by the test itself
@@ -228,11 +230,13 @@ def check_evacuated(L, before, after, evac, exempt=(), files_before=None):
         old = {s["manta_storage_id"]: s["datacenter"] for s in v["sharks"]}
         for s in a["sharks"]:
             sid = s["manta_storage_id"]
+            if sid in old:
+                continue            # a copy the evacuation did not make
             assert s["datacenter"] == L.dcs[sid], f"{k}: {sid} recorded in {s['datacenter']}"
             path = L.path_of(sid, a)
             assert os.path.exists(path), f"{k}: {sid} has no file {path}"
             assert md5_b64_file(path) == a["contentMD5"], f"{k}: bad MD5 of {path}"
-            if sid not in old:
+            if True:
                 moved_from = [o for o in old if o in evac and o not in ids]
                 others = {dc for o, dc in old.items() if o not in moved_from}
                 for o in moved_from:
@@ -262,6 +266,11 @@ def wait_for(pred, timeout=60, step=0.2, what="condition"):
 def seed(lab, n):
     p = lab.run("seed", "--objects", n)
     return json.loads(p.stdout)
+
+
+def unique(name):
+    import uuid
+    return f"{name}-{uuid.uuid4().hex[:6]}"
 
 
 sys.path.insert(0, str(REPO / "tests"))

@@ -163,6 +163,7 @@ def test_census_matches_sql_top_n_like_the_runbook(world, ro_dbs):
     assert by_table["manta"]["rows"] == ROWS
     assert by_table["manta_directory_counts"]["rows"] == q(world, src, "SELECT count(*) FROM manta_directory_counts")[0][0]
     assert by_table["manta"]["bytes"] == q(world, src, "SELECT sum(octet_length(_value)) FROM manta")[0][0]
+    assert by_table["manta"]["bytes_method"] == "exact"          # under the 50,000-row sample size
     assert c["rows"] == sum(t["rows"] for t in c["tables"])
     # the runbook's query, over all tables
     runbook = q(world, src, "SELECT _vnode, sum(n) FROM (SELECT _vnode, count(*) n FROM manta GROUP BY 1 "
@@ -171,6 +172,27 @@ def test_census_matches_sql_top_n_like_the_runbook(world, ro_dbs):
     assert [(t["vnode"], t["rows"]) for t in c["top"]] == [(v, int(n)) for v, n in runbook]
     assert not {t["name"] for t in r["table_info"]} - {"manta", "manta_directory_counts", "manta_uploads",
                                                        "manta_delete_log", "manta_fastdelete_queue"}
+
+
+def test_sampled_bytes_are_close_to_exact_and_rows_stay_exact(world, ro_dbs, monkeypatch):
+    """bytes=sampled on a table above the sample size (lowered here to 3,000 rows)."""
+    from ansible_collections.manta.ops.plugins.module_utils import moray_census, moray_tables
+    src, _ = ro_dbs
+    monkeypatch.setattr(moray_census, "SAMPLE_ROWS", 3000)
+    conn = psycopg2.connect(dsn(world, src))
+    conn.autocommit = True
+    try:
+        t = moray_tables.discover(conn, ["manta"])["manta"]
+        a = moray_census.take(conn, S1, [t], bytes_mode="sampled")
+        b = moray_census.take(conn, S1, [t], bytes_mode="exact")
+        c = moray_census.take(conn, S1, [t], bytes_mode="none")
+    finally:
+        conn.close()
+    assert a.rows == b.rows == c.rows
+    assert a.bytes_method["manta"].startswith("sampled 10.0% of pages")
+    assert b.bytes_method["manta"] == "exact" and c.bytes_method["manta"] == "none"
+    assert abs(a.total_bytes - b.total_bytes) / b.total_bytes < 0.05
+    assert c.to_result()["bytes"] is None
 
 
 def test_census_of_some_vnodes_rows_only_and_some_tables(world, ro_dbs):

@@ -145,6 +145,16 @@ def test_census_totals_top_and_maps():
     assert c.nonzero()[0] == ("manta", 0, 195)
 
 
+def test_sampled_bytes_shrink_towards_the_table_mean():
+    # table mean 100 B/row from the sample; vnode 1 sampled at 100 B/row, vnode 2 not sampled
+    est = moray_census.sampled_bytes({1: 10, 2: 10, 3: 4}, {1: (5, 500), 3: (5, 5000)})
+    mean = 5500 / 10.0
+    assert est[1] == round(10 * (500 + 5 * mean) / 10)
+    assert est[2] == round(10 * mean)                       # no sample: the table mean
+    assert est[3] == round(4 * (5000 + 5 * mean) / 10)
+    assert moray_census.sampled_bytes({1: 3}, {}) == {1: 0}
+
+
 def test_owner_rule():
     src = _census({"manta": {1: 100, 2: 50}, "manta_uploads": {1: 3}})
     own = _census({"manta": {1: 120, 2: 49}})

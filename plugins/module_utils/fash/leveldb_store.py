@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import os
 from array import array
+from collections import deque
+from itertools import compress, repeat
 
 from .dbfiles import _open_db, _sst_style, is_ring_dir, rename_tables_to_sst, snapshot_ring  # noqa: F401
 from .errors import RingCorruptError, RingError, RingInputError, RingLookupError, RingNotFoundError
@@ -416,30 +418,19 @@ class LevelRing(object):
         """The raw getter: LevelDB's own when no transaction overlay is pending (faster)."""
         return self._raw if self._txn else self._db.get
 
-    def _data_raws(self, old_key, old_list, lst):
-        """Raw data values of vnodes ``lst`` under ``old_key``: point reads, or one range scan for many."""
+    def _data_raws(self, old_key, old_list, svs):
+        """Raw data values under ``old_key`` of the vnodes spelled ``svs``: point reads, or one scan for many."""
         prefix = old_key + b"/"
-        if not self._txn and len(lst) >= 1000 and 4 * len(lst) >= len(old_list):
+        if not self._txn and len(svs) >= 1000 and 4 * len(svs) >= len(old_list):
             plen = len(prefix)
-            want = set(lst)
-            found = {}
-            for k, d in self._db.iterator(prefix=prefix):
-                rest = k[plen:]
-                if rest.isdigit():
-                    v = int(rest)
-                    if v in want:
-                        found[v] = _ONE if d == _ONE else d
-            raws = [found.get(v) for v in lst]
+            found = {k[plen:]: d for k, d in self._db.iterator(prefix=prefix)}
+            raws = list(map(found.get, svs))
         else:
-            raw = self._getter()
-            raws = []
-            for v in lst:
-                d = raw(prefix + b"%d" % v)
-                raws.append(_ONE if d == _ONE else d)
-        for v, d in zip(lst, raws):
-            if d is None:
-                raise self._corrupt("key %s%d is missing" % (prefix.decode("utf-8", "replace"), v))
-        return raws
+            raws = list(map(self._getter(), map(prefix.__add__, svs)))
+        if None in raws:
+            s = svs[raws.index(None)]
+            raise self._corrupt("key %s%s is missing" % (prefix.decode("utf-8", "replace"), s.decode()))
+        return [_ONE if d == _ONE else d for d in raws]
 
     def remap(self, vnodes, pnode, strict=True, strict_pnode=True):
         """Move ``vnodes`` to ``pnode`` in one batch, creating the pnode if new.
@@ -458,30 +449,37 @@ class LevelRing(object):
         plist = self.pnodes()
         new_key = pnode_key(pnode)
         new_list = self._get(new_key)
-        raw = self._getter()
-        names = {}
-        by_old = {}
-        moved = []
-        for v in vs:
-            r = raw(b"/VNODE/%d" % v)
-            old = names.get(r)
-            if old is None:
-                if r is None:
-                    raise self._corrupt("key /VNODE/%d is missing" % v)
-                old = names[r] = js_loadb(r)
-            if old == pnode:
-                if strict:
-                    raise RingInputError("vnode %d already belongs to pnode %s" % (v, pnode))
-                continue
-            lst = by_old.get(old)
-            if lst is None:
-                lst = by_old[old] = []
-            lst.append(v)
-            moved.append(v)
-        if not moved:
+        pval = js_dumpb(pnode)
+        svs = [b"%d" % v for v in vs]
+        rs = list(map(self._getter(), map(VNODE_PREFIX.__add__, svs)))
+        owners = {}
+        for r in set(rs):
+            if r is None:
+                raise self._corrupt("key /VNODE/%d is missing" % vs[rs.index(None)])
+            owners[r] = js_loadb(r)
+        if pval in owners:
+            if strict:
+                raise RingInputError("vnode %d already belongs to pnode %s" % (vs[rs.index(pval)], pnode))
+            keep = [r != pval for r in rs]
+            vs = list(compress(vs, keep))
+            svs = list(compress(svs, keep))
+            rs = list(compress(rs, keep))
+            del owners[pval]
+        if not vs:
             return []
+        if len(owners) == 1:
+            groups = {next(iter(owners)): (vs, svs)}
+        else:
+            groups = {r: ([], []) for r in owners}
+            for v, sv, r in zip(vs, svs, rs):
+                g = groups[r]
+                g[0].append(v)
+                g[1].append(sv)
         plan = []
-        for old, lst in by_old.items():
+        for r, (lst, slst) in groups.items():
+            old = owners[r]
+            if not isinstance(old, str):
+                raise self._corrupt("key /VNODE/%d is not a pnode string" % lst[0])
             old_key = pnode_key(old)
             old_list = self._get(old_key)
             if not isinstance(old_list, list):
@@ -493,22 +491,19 @@ class LevelRing(object):
                 present = set(old_list)
                 v = next(x for x in lst if x not in present)
                 raise self._corrupt("vnode %d does not exist in old pnode %s's list /PNODE/%s" % (v, old, old))
-            plan.append((old_key, remaining, lst, self._data_raws(old_key, old_list, lst)))
-        pval = js_dumpb(pnode)
+            plan.append((old_key, remaining, slst, self._data_raws(old_key, old_list, slst)))
         new_prefix = new_key + b"/"
+        consume = deque(maxlen=0).extend
         with self._writer() as (put, delete):
-            for old_key, remaining, lst, raws in plan:
+            for old_key, remaining, slst, raws in plan:
                 put(old_key, int_list_json(remaining))
-                prefix = old_key + b"/"
-                for v, d in zip(lst, raws):
-                    s = b"%d" % v
-                    delete(prefix + s)
-                    put(new_prefix + s, d)
-                    put(VNODE_PREFIX + s, pval)
-            put(new_key, int_list_json((new_list or []) + moved))
+                consume(map(delete, map((old_key + b"/").__add__, slst)))
+                consume(map(put, map(new_prefix.__add__, slst), raws))
+                consume(map(put, map(VNODE_PREFIX.__add__, slst), repeat(pval)))
+            put(new_key, int_list_json((new_list or []) + vs))
             if pnode not in plist:
                 put(K_PNODE, js_dumpb(plist + [pnode]))
-        return moved
+        return vs
 
     def set_data(self, vnodes, data):
         """Set ``data`` (e.g. ``"ro"``) on ``vnodes``; ``None`` or ``1`` clears it. One batch.

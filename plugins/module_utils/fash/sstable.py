@@ -30,9 +30,8 @@ import struct
 import sys
 import threading
 from array import array
-from bisect import bisect_left
 from collections import Counter
-from itertools import accumulate, compress
+from itertools import compress
 
 
 def _load_crc32c():
@@ -70,7 +69,9 @@ _crc32c_fn = _load_crc32c()
 from .errors import RingError
 
 BLOCK_SIZE = 4096
-RESTART_INTERVAL = 16
+RESTART_INTERVAL = 32          # LevelDB writes 16; readers take any interval
+SLICE = 65536                 # keys built per step (a multiple of RESTART_INTERVAL)
+MAX_FAST_SUFFIX = 64          # suffixes at least this long take the slow path
 COMPARATOR = b"leveldb.BytewiseComparator"
 TABLE_MAGIC = struct.pack("<Q", 0xDB4775248B80FB57)
 MASK_DELTA = 0xA282EAD8
@@ -152,7 +153,9 @@ class TableWriter(object):
 
         Values: ``const`` for all, or ``values[value_ids[k]]`` for the k-th key.
         Entries are prefix-compressed on ``prefix`` with a restart point every
-        16 keys; all per-entry work but one list comprehension runs in C.
+        32 keys (the first of each group spells the whole key). The run is
+        built slice by slice so memory is reused; per entry, only one list
+        comprehension step runs in Python.
         """
         n = len(suffixes)
         if not n:
@@ -160,61 +163,63 @@ class TableWriter(object):
         tag = self.tag
         plen = len(prefix)
         vp = _var(plen)
-        if const is not None:
-            table, ids = [const], None
-        else:
-            table, ids = values, value_ids
+        table, ids = ([const], None) if const is not None else (values, value_ids)
         if self.first_key is None:
             self.first_key = prefix + suffixes[0]
-        ns = [_var(ls + 8) for ls in range(64)]
-        if ids is None:
-            vl = _var(len(const))
-            pre = [vp + x + vl for x in ns]
-            try:
-                heads = [pre[len(s)] + s for s in suffixes]
-            except IndexError:
-                heads = [vp + _var(len(s) + 8) + vl + s for s in suffixes]
-            heads[::RESTART_INTERVAL] = [b"\x00" + _var(plen + len(s) + 8) + vl + prefix + s
-                                         for s in suffixes[::RESTART_INTERVAL]]
-            tv = tag + const
-            tvl = len(tv)
-            cum = list(accumulate(map(tvl.__add__, map(len, heads)), initial=0))
-        else:
-            # whole entries, value included
-            tvt = [tag + v for v in table]
-            if len({len(v) for v in table}) == 1:
-                vl = _var(len(table[0]))
-                pre = [vp + x + vl for x in ns]
-                try:
-                    heads = [pre[len(s)] + s + tvt[j] for s, j in zip(suffixes, ids)]
-                except IndexError:
-                    heads = None
+        tvt = [tag + v for v in table]
+        # entry heads by (value, suffix length): non-restart and restart (whole key) forms
+        pre = [[vp + _var(ls + 8) + _var(len(v)) for ls in range(MAX_FAST_SUFFIX)] for v in table]
+        full = [[b"\x00" + _var(plen + ls + 8) + _var(len(v)) + prefix for ls in range(MAX_FAST_SUFFIX)]
+                for v in table]
+        groups, restarts, block_len = self.groups, self.restarts, self.block_len
+        for a in range(0, n, SLICE):
+            sfx = suffixes[a:a + SLICE]
+            if max(map(len, sfx)) >= MAX_FAST_SUFFIX:
+                heads = self._slow_heads(prefix, sfx, table, None if ids is None else ids[a:a + SLICE], const)
+                join = b"".join
+            elif ids is None:
+                p0, f0 = pre[0], full[0]
+                heads = [p0[len(x)] + x for x in sfx]
+                heads[::RESTART_INTERVAL] = [f0[len(x)] + x for x in sfx[::RESTART_INTERVAL]]
+                tv = tvt[0]
+
+                def join(part, tv=tv):
+                    return tv.join(part) + tv
             else:
-                heads = None
-            if heads is None:
-                heads = [vp + _var(len(s) + 8) + _var(len(table[j])) + s + tvt[j] for s, j in zip(suffixes, ids)]
-            heads[::RESTART_INTERVAL] = [
-                b"\x00" + _var(plen + len(s) + 8) + _var(len(table[j])) + prefix + s + tvt[j]
-                for s, j in zip(suffixes[::RESTART_INTERVAL], ids[::RESTART_INTERVAL])]
-            tv = None
-            cum = list(accumulate(map(len, heads), initial=0))
-        k = 0
-        while k < n:
-            target = cum[k] + BLOCK_SIZE - self.block_len
-            e = bisect_left(cum, target, k + 1)
-            e = min(n, -(-e // RESTART_INTERVAL) * RESTART_INTERVAL)
-            if tv is not None:
-                blob = tv.join(heads[k:e]) + tv
+                gids = ids[a:a + SLICE]
+                if len(table) == 1 or len({len(v) for v in table}) == 1:
+                    p0 = pre[0]
+                    heads = [p0[len(x)] + x + tvt[j] for x, j in zip(sfx, gids)]
+                else:
+                    heads = [pre[j][len(x)] + x + tvt[j] for x, j in zip(sfx, gids)]
+                heads[::RESTART_INTERVAL] = [full[j][len(x)] + x + tvt[j] for x, j in
+                                             zip(sfx[::RESTART_INTERVAL], gids[::RESTART_INTERVAL])]
+                join = b"".join
+            m = len(heads)
+            for g in range(0, m, RESTART_INTERVAL):
+                blob = join(heads[g:g + RESTART_INTERVAL])
+                restarts.append(block_len)
+                groups.append(blob)
+                block_len += len(blob)
+                if block_len >= BLOCK_SIZE:
+                    self.last_key = prefix + sfx[min(g + RESTART_INTERVAL, m) - 1]
+                    self.block_len = block_len
+                    self._flush()
+                    groups, restarts, block_len = self.groups, self.restarts, 0
+        self.block_len = block_len
+        self.last_key = prefix + suffixes[-1]
+
+    def _slow_heads(self, prefix, sfx, table, ids, const):
+        """Whole entries (value included) for suffixes of any length."""
+        tag, plen, vp = self.tag, len(prefix), _var(len(prefix))
+        out = []
+        for k, x in enumerate(sfx):
+            v = const if ids is None else table[ids[k]]
+            if k % RESTART_INTERVAL == 0:
+                out.append(b"\x00" + _var(plen + len(x) + 8) + _var(len(v)) + prefix + x + tag + v)
             else:
-                blob = b"".join(heads[k:e])
-            base = self.block_len - cum[k]
-            self.restarts.extend(base + cum[g] for g in range(k, e, RESTART_INTERVAL))
-            self.groups.append(blob)
-            self.block_len += cum[e] - cum[k]
-            self.last_key = prefix + suffixes[e - 1]
-            if self.block_len >= BLOCK_SIZE:
-                self._flush()
-            k = e
+                out.append(vp + _var(len(x) + 8) + _var(len(v)) + x + tag + v)
+        return out
 
     def add(self, key, value):
         self.add_run(key, [b""], const=value)
@@ -323,6 +328,7 @@ class _RingLayout(object):
         self.pvals = [js_dumpb(nm) if nm is not None else b"null" for nm in names]
         self.denc = {b"%d" % v: js_dumpb(d) for v, d in topo._data.items()}
         self._lex = {}
+        self._num = {}
         self._asc = None
         meta = sorted(_meta_items(topo))
         pside = [("key", b"/PNODE", js_dumpb(topo.pnodes()))]
@@ -377,11 +383,16 @@ class _RingLayout(object):
 
     def _numeric_bucket(self, pid):
         """p's vnodes as decimal bytes, ascending."""
-        if self.own_b is not None:
-            return list(compress(self.dec, self.own_b.translate(self._mask(pid))))
-        if self._asc is None:
-            self._asc = self.topo._buckets()
-        return [self.dec[v] for v in self._asc[pid]]
+        b = self._num.get(pid)
+        if b is None:
+            if self.own_b is not None:
+                b = list(compress(self.dec, self.own_b.translate(self._mask(pid))))
+            else:
+                if self._asc is None:
+                    self._asc = self.topo._buckets()
+                b = [self.dec[v] for v in self._asc[pid]]
+            self._num[pid] = b
+        return b
 
     def lex_bucket(self, pid):
         """p's vnodes as decimal bytes, in key order."""
@@ -489,17 +500,37 @@ def _parallel_ok():
             and _os_threads() == 1 and os.environ.get("MANTA_FASH_NO_FORK") != "1")
 
 
-#: rings with fewer vnodes are written as one table by one process
+#: rings with fewer vnodes are written by one process
 SPLIT_MIN_VNODES = 50000
-#: tables (and processes) for the /PNODE... keys and for the rest, on bigger rings
+#: tables for the /PNODE... keys and for the rest when 3 or more processes build them
 SPLIT_PARTS = (2, 2)
 
 
+def _idle_cpus():
+    """CPUs not busy with other work, from the 1-minute load average."""
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        load = 0.0
+    return max(1, min(cpus, int(cpus - load + 0.5)))
+
+
 def _jobs_for(n):
-    """How many tables (and processes) to build a ring of n vnodes with."""
+    """``(pnode tables, other tables, processes)`` for a ring of n vnodes.
+
+    Forking only pays when CPUs are idle: on a busy machine the children's
+    copy-on-write faults cost more than the parallelism gains, so the tables
+    are then built one after the other.
+    """
     if n < SPLIT_MIN_VNODES:
-        return 1, 1
-    return SPLIT_PARTS
+        return 1, 1, 1
+    procs = _idle_cpus()
+    if os.environ.get("MANTA_FASH_PROCS", "").isdigit():
+        procs = max(1, int(os.environ["MANTA_FASH_PROCS"]))
+    if procs >= 3:
+        return SPLIT_PARTS[0], SPLIT_PARTS[1], procs
+    return 1, 1, procs
 
 
 def write_ring(topo, path):
@@ -513,13 +544,13 @@ def write_ring(topo, path):
         # pnode names whose keys interleave: let LevelDB sort them
         os.rmdir(path)
         return _write_plyvel(topo, path)
-    kp, kv = _jobs_for(topo._n)
+    kp, kv, procs = _jobs_for(topo._n)
     chunks = _RingLayout.split(layout.pside, kp) + _RingLayout.split(layout.vside, kv)
     files = [(2 + i, os.path.join(path, "%06d.ldb" % (2 + i))) for i in range(len(chunks))]
     metas = [None] * len(chunks)
     children = []
     try:
-        if len(chunks) > 1 and _parallel_ok():
+        if len(chunks) > 1 and procs > 1 and _parallel_ok():
             for i in range(1, len(chunks)):
                 children.append((i,) + _build_child(layout.write, (chunks[i], files[i][1]), files[i][1]))
             metas[0] = layout.write(chunks[0], files[0][1])

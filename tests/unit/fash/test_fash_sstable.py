@@ -26,6 +26,7 @@ def test_same_as_leveldb_write_path(tmp_path, monkeypatch, fork, parts):
     monkeypatch.setenv("MANTA_FASH_NO_FORK", "0" if fork == "1" else "1")
     monkeypatch.setattr(sstable, "SPLIT_MIN_VNODES", 0)
     monkeypatch.setattr(sstable, "SPLIT_PARTS", parts)
+    monkeypatch.setenv("MANTA_FASH_PROCS", "4" if parts != (1, 1) else "2")
     topo = _topo()
     write_topology(topo, str(tmp_path / "direct"), engine="sstable")
     write_topology(topo, str(tmp_path / "plyvel"), engine="plyvel")
@@ -50,6 +51,15 @@ def test_same_as_leveldb_write_path(tmp_path, monkeypatch, fork, parts):
 def read_back(path):
     from ansible_collections.manta.ops.plugins.module_utils.fash import read_topology
     return read_topology(str(path))
+
+
+def test_slow_entry_path_is_identical(tmp_path, monkeypatch):
+    topo = _topo()
+    write_topology(topo, str(tmp_path / "fast"), engine="sstable")
+    monkeypatch.setattr(sstable, "MAX_FAST_SUFFIX", 1)          # every suffix takes the general path
+    write_topology(topo, str(tmp_path / "slow"), engine="sstable")
+    for name in ("000002.ldb", "000003.ldb"):
+        assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "slow" / name).read_bytes()
 
 
 def test_interleaving_pnode_names_fall_back(tmp_path):

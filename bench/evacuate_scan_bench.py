@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+# Copyright (c) manta.ops contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Scan rate of manta.ops.evacuate_scan against `COPY (SELECT _value FROM manta) TO STDOUT`
+on the same shard, in the same run.
+
+The shard's `manta` table gets ``--rows`` realistic object rows (moray's columns, the
+_value of reference/evacuate.md §1.3, two sharks each among ``--nodes`` storage ids,
+so one node holds about 2/nodes of them, as in a region with many nodes). The
+candidate is the module's whole scan: windows of ``_id``, the server-side
+pre-filter, the exact JSON check, and the matches stored in a job store on the
+storage shard's primary (as the module does, progress included). Rates are table
+rows per second; best of ``--repeat`` runs, baseline and candidate interleaved.
+
+    .venv/bin/python bench/evacuate_scan_bench.py [--rows 300000] [--nodes 100]
+"""
+import argparse
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+import uuid
+
+import psycopg2
+
+from evacuate_common import bench_lab, best_of, save
+
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_metadata as M
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_scan as S
+from ansible_collections.manta.ops.plugins.module_utils.evacuate_store import JobStore
+
+
+def esc(s):
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def fill(dsn, rows, nodes, domain):
+    """Realistic rows, COPYed in (the directory-count trigger runs as for real rows)."""
+    owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "bench-owner"))
+    now = int(time.time() * 1000)
+    dcs = ["dc1", "dc2", "dc3"]
+    c = psycopg2.connect(dsn)
+    cur = c.cursor()
+    batch = io.StringIO()
+    for i in range(rows):
+        d = f"/{owner}/stor/scanbench/d{i // 100:05d}"
+        name = f"f{i:07d}.dat"
+        oid = str(uuid.UUID(int=(i * 2654435761) % (1 << 122), version=4))
+        a, b = i % nodes, (i * 37 + 1) % nodes
+        if a == b:
+            b = (b + 1) % nodes
+        v = {"dirname": d, "key": f"{d}/{name}", "headers": {}, "mtime": now, "name": name,
+             "owner": owner, "roles": [], "type": "object", "contentLength": 4096,
+             "contentMD5": base64.b64encode(hashlib.md5(oid.encode()).digest()).decode(),
+             "contentType": "application/octet-stream", "etag": oid, "objectId": oid,
+             "sharks": [{"datacenter": dcs[a % 3], "manta_storage_id": f"{a}.stor.{domain}"},
+                        {"datacenter": dcs[(a + 1) % 3] if b % 3 == a % 3 else dcs[b % 3],
+                         "manta_storage_id": f"{b}.stor.{domain}"}], "vnode": i % 4096}
+        s = M.value_string(v)
+        batch.write("\t".join(esc(x) for x in (v["key"], s, M.etag_of(s), str(now), str(i % 4096),
+                                                d, name, owner, oid, "object")) + "\n")
+        if (i + 1) % 50000 == 0 or i + 1 == rows:
+            batch.seek(0)
+            cur.copy_expert("COPY manta (_key, _value, _etag, _mtime, _vnode, dirname, name, owner, "
+                            "objectid, type) FROM STDIN", batch)
+            c.commit()
+            batch = io.StringIO()
+    c.close()
+    c = psycopg2.connect(dsn)
+    c.autocommit = True
+    c.cursor().execute("VACUUM ANALYZE manta")
+    c.close()
+
+
+class Sink(io.RawIOBase):
+    def __init__(self):
+        self.n = 0
+
+    def write(self, b):
+        self.n += len(b)
+        return len(b)
+
+    def writable(self):
+        return True
+
+
+def baseline(dsn):
+    c = psycopg2.connect(dsn)
+    t = time.monotonic()
+    c.cursor().copy_expert("COPY (SELECT _value FROM manta) TO STDOUT", Sink())
+    dt = time.monotonic() - t
+    c.close()
+    return dt
+
+
+def candidate(dsn, job_dsn, nodes, chunk, parallel):
+    """The module's scan: windows, pre-filter, exact check, matches + progress stored."""
+    jconn = psycopg2.connect(job_dsn)
+    store = JobStore(jconn, "evac_bench")
+    store.ensure_schema()
+    job = "scanbench-" + uuid.uuid4().hex[:8]
+    store.create_job(job, [{"storage_id": n} for n in nodes], {}, {})
+    c0 = psycopg2.connect(dsn)
+    cols = S.id_columns(c0)
+    starts = {}
+    for col in cols:
+        store.start_scan(job, 1, "s", col, S.max_id(c0, col))
+        starts[col] = 0
+    c0.close()
+    lock = threading.Lock()
+    matched = [0]
+
+    def sink(col, rows, last_id, ids, seconds, done, max_id):
+        with lock:
+            store.store_scanned(job, 1, "s", col, rows, last_id, ids, seconds, done=done,
+                                max_id=max_id, fresh=(col == "_id"))
+            matched[0] += len(rows)
+
+    t = time.monotonic()
+    S.ShardScan("s", lambda: psycopg2.connect(dsn), nodes, sink, start=starts, chunk=chunk,
+                parallel=parallel).run()
+    dt = time.monotonic() - t
+    cur = jconn.cursor()
+    cur.execute("DELETE FROM evac_bench.objects WHERE job = %s", (job,))
+    cur.execute("DELETE FROM evac_bench.scan_progress WHERE job = %s", (job,))
+    cur.execute("DELETE FROM evac_bench.jobs WHERE job = %s", (job,))
+    jconn.commit()
+    jconn.close()
+    candidate.matched = matched[0]
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=300000)
+    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=S.DEFAULT_CHUNK)
+    ap.add_argument("--parallel", type=int, default=2)
+    a = ap.parse_args()
+    lab = bench_lab()
+    st = lab.status
+    dom = st["domain"]
+    shard = f"2.moray.{dom}"
+    dsn = lab.primary_dsn(shard)
+    job_dsn = lab.primary_dsn(f"1.moray.{dom}")
+    t0 = time.monotonic()
+    fill(dsn, a.rows, a.nodes, dom)
+    c = psycopg2.connect(dsn)
+    cur = c.cursor()
+    cur.execute("SELECT count(*), pg_size_pretty(pg_total_relation_size('manta')) FROM manta")
+    total, size = cur.fetchone()
+    c.close()
+    print(f"{shard}: {total} rows ({size}) after adding {a.rows} in {time.monotonic() - t0:.1f}s")
+    cases = [("1 node", [f"7.stor.{dom}"]),
+             ("8 nodes", [f"{i}.stor.{dom}" for i in range(8)]),
+             ("30 nodes (JSON pre-filter)", [f"{i}.stor.{dom}" for i in range(30)])]
+    out = {"rows": total, "table_size": size, "nodes_in_region": a.nodes, "cases": []}
+    for name, nodes in cases:
+        b, s = best_of(a.repeat, lambda: baseline(dsn),
+                       lambda: candidate(dsn, job_dsn, nodes, a.chunk, a.parallel))
+        ratio = b / s
+        row = {"case": name, "matched": candidate.matched,
+               "selectivity": round(candidate.matched / total, 4),
+               "baseline_rows_per_s": round(total / b), "scan_rows_per_s": round(total / s),
+               "baseline_s": round(b, 3), "scan_s": round(s, 3), "ratio": round(ratio, 2)}
+        out["cases"].append(row)
+        print(f"{name:<28} matched {row['matched']:>7} ({row['selectivity'] * 100:.1f}%)  "
+              f"COPY {row['baseline_rows_per_s']:>9} rows/s  scan {row['scan_rows_per_s']:>9} rows/s  "
+              f"ratio {ratio:.2f} (target >= 0.5)", flush=True)
+    save("scan", out)
+
+
+if __name__ == "__main__":
+    main()

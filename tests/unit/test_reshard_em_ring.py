@@ -1,0 +1,157 @@
+"""reshard_em_ring against a fake electric-moray: swap, stamp check, idempotence, guards, crash resume.
+
+The fake: a status server answering 200 only while a state file says "enabled", serving the stamp of the ring
+that was in place when it was (re)enabled, like a process that reads its ring at start; and a fake `svcadm`
+that flips the state file.
+"""
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modrun import run_module  # noqa: E402
+
+from ansible_collections.manta.ops.plugins.module_utils import reshard_ring as rring  # noqa: E402
+from ansible_collections.manta.ops.plugins.module_utils.fash import Topology  # noqa: E402
+
+
+class FakeEm:
+    def __init__(self, tmp):
+        self.dir = Path(tmp)
+        self.ring = self.dir / "leveldb-2021"
+        self.state = self.dir / "state"
+        self.state.write_text("enabled")
+        self.serving = None
+        self.start_time = None
+        self.stop = False
+        em = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if em.serving is None:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                body = json.dumps({"start_time": em.start_time, "pid": 1,
+                                   "ring": {"image_uuid": em.serving, "stamp": {"image_uuid": em.serving}},
+                                   "index_shards": [{"host": "3.moray.x", "readOnly": False}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        threading.Thread(target=self.watch, daemon=True).start()
+        self.svcadm = self.dir / "svcadm"
+        self.svcadm.write_text(f"#!{sys.executable}\nimport sys\nopen({str(self.state)!r}, 'w').write("
+                               "sys.argv[1] + 'd')\n")
+        os.chmod(self.svcadm, 0o755)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.srv.server_address[1]}/status"
+
+    def watch(self):
+        last = None
+        while not self.stop:
+            s = self.state.read_text().strip()
+            if s != last:
+                if s == "enabled":
+                    time.sleep(0.05)
+                    self.serving = rring.stamp_image(str(self.ring)) if self.ring.exists() else "broken"
+                    self.start_time = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+                else:
+                    self.serving = None
+                last = s
+            time.sleep(0.01)
+
+    def close(self):
+        self.stop = True
+        self.srv.shutdown()
+
+
+@pytest.fixture
+def em(tmp_path):
+    topo = Topology.create(["tcp://1.moray.x:2020", "tcp://2.moray.x:2020"], 64)
+    e = FakeEm(tmp_path)
+    rring.build_ring_dir(topo, str(e.ring), "img-old", "p", "old")
+    t = topo.copy()
+    t.set_data([0, 2], "ro")
+    rring.build_ring_dir(t, rring.staged_dir(str(e.ring), "img-t"), "img-t", "p", "transitional")
+    f = topo.copy()
+    f.remap([0, 2], "tcp://3.moray.x:2020")
+    rring.build_ring_dir(f, rring.staged_dir(str(e.ring), "img-f"), "img-f", "p", "final")
+    time.sleep(0.1)
+    yield e
+    e.close()
+
+
+def args(em, **kw):
+    a = {"ring_path": str(em.ring), "status_url": em.url, "svcadm": str(em.svcadm), "timeout": 10,
+         "image_uuid": "img-t"}
+    a.update(kw)
+    return a
+
+
+def test_swap_then_idempotent(em):
+    r = run_module("reshard_em_ring", args(em, only_from=["img-old"]), diff=True)
+    assert not r.get("failed"), r
+    assert r["changed"] and r["image_before"] == "img-old" and r["image_after"] == "img-t"
+    assert r["serving_ts"] >= r["stopped_ts"]
+    assert em.serving == "img-t"
+    assert "img-old" in r["staged"]                 # the old ring is kept for a roll back
+    r2 = run_module("reshard_em_ring", args(em, only_from=["img-old"]))
+    assert not r2["changed"] and r2["already"]
+
+
+def test_guards_only_from_and_superseded(em):
+    assert not run_module("reshard_em_ring", args(em)).get("failed")
+    # a final swap that only replaces the transitional ring
+    r = run_module("reshard_em_ring", args(em, image_uuid="img-f", only_from=["img-t"],
+                                           index_shards={"3.moray.x": False}))
+    assert r["changed"] and em.serving == "img-f"
+    # a late transitional task never replaces the final ring
+    r = run_module("reshard_em_ring", args(em, image_uuid="img-t", only_from=["img-old"],
+                                           superseded_by=["img-f"]))
+    assert not r.get("failed") and r["superseded"] and em.serving == "img-f"
+    # and a swap from an unexpected ring fails
+    r = run_module("reshard_em_ring", args(em, image_uuid="img-t", only_from=["img-old"]))
+    assert r["failed"] and "only replaces img-old" in r["msg"]
+
+
+def test_resume_after_a_kill_between_the_renames(em):
+    # the process was stopped and the ring moved aside, then the task died
+    em.state.write_text("disabled")
+    time.sleep(0.1)
+    os.rename(em.ring, Path(rring.staging_root(str(em.ring))) / "img-old")
+    r = run_module("reshard_em_ring", args(em, only_from=["img-old"]))
+    assert not r.get("failed"), r
+    assert em.serving == "img-t" and rring.stamp_image(str(em.ring)) == "img-t"
+
+
+def test_check_mode_changes_nothing(em):
+    r = run_module("reshard_em_ring", args(em), check=True, diff=True)
+    assert r["changed"] and r["image_after"] == "img-t"
+    assert em.serving == "img-old" and rring.stamp_image(str(em.ring)) == "img-old"
+
+
+def test_wait_for_barrier_times_out_without_touching(em):
+    r = run_module("reshard_em_ring", args(em, wait_for=["http://127.0.0.1:9/status"], wait_timeout=1))
+    assert r["failed"] and "to serve img-t before swapping" in r["msg"]
+    assert em.serving == "img-old"
+
+
+def test_stale_index_view_is_restarted_then_fails(em):
+    r = run_module("reshard_em_ring", args(em, index_shards={"9.moray.x": False}, restarts=1))
+    assert r["failed"] and "9.moray.x is not in its index shards" in r["msg"]
+    assert r["restarts"] == 1
