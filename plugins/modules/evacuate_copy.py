@@ -75,6 +75,18 @@ options:
   deadline:
     description: Time (seconds since the epoch) after which no new copy starts; the rest is reported not attempted.
     type: float
+  durability:
+    description:
+      - How a copy is made durable before it counts (always data first, then the rename, then
+        the directory entry).
+      - V(file) fsyncs each file, then its directory (directory syncs are group-committed).
+      - V(batch) (Linux) does the same with one C(syncfs) of the filesystem shared by all
+        copies in flight, instead of one flush per file.
+      - V(auto) picks V(batch) where C(syncfs) exists, V(file) elsewhere (on ZFS, the storage
+        nodes' filesystem, per-file fsyncs are batched by the intent log anyway).
+    type: str
+    choices: [auto, file, batch]
+    default: auto
   pause_window:
     description: How many recent copies the automatic pause looks at.
     type: int
@@ -174,6 +186,7 @@ def main():
             pause_window=dict(type="int", default=50),
             pause_error_ratio=dict(type="float", default=0.5),
             pause_consecutive=dict(type="int", default=20),
+            durability=dict(type="str", default="auto", choices=["auto", "file", "batch"]),
         ),
         supports_check_mode=True,
     )
@@ -198,7 +211,8 @@ def main():
                        timeout=p["timeout"], retries=p["retries"], verify_url=p["verify_url"],
                        deadline=p["deadline"], pause_window=p["pause_window"],
                        pause_error_ratio=p["pause_error_ratio"],
-                       pause_consecutive=p["pause_consecutive"], check_mode=module.check_mode)
+                       pause_consecutive=p["pause_consecutive"], check_mode=module.check_mode,
+                       durability=p["durability"])
     t0 = time.monotonic()
     try:
         pairs = copier.run(a["tasks"])

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write tests/sanity/ignore-<core>.txt for every module of manta.ops.
 
 The collection is MPL-2.0, so validate-modules reports `missing-gplv3-license`
