@@ -45,6 +45,7 @@ def main():
     extra = {"evacuate": a.node, "evacuate_job": job, "evacuate_work_dir": work,
              "evacuate_agent_dir": work + "-agent", "evacuate_copy_concurrency": a.concurrency}
     out, check_s = play(lab, extra, check=True)
+    out = re.sub(r"\s+", " ", out)          # the YAML callback wraps long lines
     m = re.search(r"Estimated duration: ([\d.]+) s \(scan ([\d.]+) s, copy ([\d.]+) s, "
                   r"metadata ([\d.]+) s, overhead ([\d.]+) s, (\d+) rounds", out)
     if not m:

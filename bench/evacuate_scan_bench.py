@@ -19,7 +19,6 @@ import base64
 import hashlib
 import io
 import json
-import threading
 import time
 import uuid
 
@@ -34,6 +33,20 @@ from ansible_collections.manta.ops.plugins.module_utils.evacuate_store import Jo
 
 def esc(s):
     return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def node_id(n, domain):
+    """Storage ids of a region of many nodes; none is a real lab node."""
+    return f"{100 + n}.stor.{domain}"
+
+
+def cleanup(dsn):
+    owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "bench-owner"))
+    c = psycopg2.connect(dsn)
+    with c.cursor() as cur:
+        cur.execute("DELETE FROM manta WHERE _key LIKE %s", (f"/{owner}/stor/scanbench/%",))
+    c.commit()
+    c.close()
 
 
 def fill(dsn, rows, nodes, domain):
@@ -55,9 +68,9 @@ def fill(dsn, rows, nodes, domain):
              "owner": owner, "roles": [], "type": "object", "contentLength": 4096,
              "contentMD5": base64.b64encode(hashlib.md5(oid.encode()).digest()).decode(),
              "contentType": "application/octet-stream", "etag": oid, "objectId": oid,
-             "sharks": [{"datacenter": dcs[a % 3], "manta_storage_id": f"{a}.stor.{domain}"},
+             "sharks": [{"datacenter": dcs[a % 3], "manta_storage_id": node_id(a, domain)},
                         {"datacenter": dcs[(a + 1) % 3] if b % 3 == a % 3 else dcs[b % 3],
-                         "manta_storage_id": f"{b}.stor.{domain}"}], "vnode": i % 4096}
+                         "manta_storage_id": node_id(b, domain)}], "vnode": i % 4096}
         s = M.value_string(v)
         batch.write("\t".join(esc(x) for x in (v["key"], s, M.etag_of(s), str(now), str(i % 4096),
                                                 d, name, owner, oid, "object")) + "\n")
@@ -109,18 +122,11 @@ def candidate(dsn, job_dsn, nodes, chunk, parallel):
         store.start_scan(job, 1, "s", col, S.max_id(c0, col))
         starts[col] = 0
     c0.close()
-    lock = threading.Lock()
-    matched = [0]
-
-    def sink(col, rows, last_id, ids, seconds, done, max_id):
-        with lock:
-            store.store_scanned(job, 1, "s", col, rows, last_id, ids, seconds, done=done,
-                                max_id=max_id, fresh=(col == "_id"))
-            matched[0] += len(rows)
-
+    sk = S.StoreSink(JobStore(psycopg2.connect(job_dsn), "evac_bench"), job, 1, "s")
     t = time.monotonic()
-    S.ShardScan("s", lambda: psycopg2.connect(dsn), nodes, sink, start=starts, chunk=chunk,
-                parallel=parallel).run()
+    st = S.ShardScan("s", lambda: psycopg2.connect(dsn), nodes, sk.sink, start=starts, chunk=chunk,
+                     parallel=parallel).run()
+    sk.close()
     dt = time.monotonic() - t
     cur = jconn.cursor()
     cur.execute("DELETE FROM evac_bench.objects WHERE job = %s", (job,))
@@ -128,7 +134,7 @@ def candidate(dsn, job_dsn, nodes, chunk, parallel):
     cur.execute("DELETE FROM evac_bench.jobs WHERE job = %s", (job,))
     jconn.commit()
     jconn.close()
-    candidate.matched = matched[0]
+    candidate.matched = st["matched"]
     return dt
 
 
@@ -147,6 +153,7 @@ def main():
     dsn = lab.primary_dsn(shard)
     job_dsn = lab.primary_dsn(f"1.moray.{dom}")
     t0 = time.monotonic()
+    cleanup(dsn)
     fill(dsn, a.rows, a.nodes, dom)
     c = psycopg2.connect(dsn)
     cur = c.cursor()
@@ -154,9 +161,9 @@ def main():
     total, size = cur.fetchone()
     c.close()
     print(f"{shard}: {total} rows ({size}) after adding {a.rows} in {time.monotonic() - t0:.1f}s")
-    cases = [("1 node", [f"7.stor.{dom}"]),
-             ("8 nodes", [f"{i}.stor.{dom}" for i in range(8)]),
-             ("30 nodes (JSON pre-filter)", [f"{i}.stor.{dom}" for i in range(30)])]
+    cases = [("1 node", [node_id(7, dom)]),
+             ("8 nodes", [node_id(i, dom) for i in range(8)]),
+             ("30 nodes (JSON pre-filter)", [node_id(i, dom) for i in range(30)])]
     out = {"rows": total, "table_size": size, "nodes_in_region": a.nodes, "cases": []}
     for name, nodes in cases:
         b, s = best_of(a.repeat, lambda: baseline(dsn),
@@ -170,6 +177,7 @@ def main():
         print(f"{name:<28} matched {row['matched']:>7} ({row['selectivity'] * 100:.1f}%)  "
               f"COPY {row['baseline_rows_per_s']:>9} rows/s  scan {row['scan_rows_per_s']:>9} rows/s  "
               f"ratio {ratio:.2f} (target >= 0.5)", flush=True)
+    cleanup(dsn)
     save("scan", out)
 
 

@@ -316,6 +316,13 @@ class Context:
             self._conns[key] = c
         return c
 
+    def new_job_conn(self):
+        """A connection to the job store of its own (for a writer thread)."""
+        if self.p.get("job_dsn"):
+            return pg_connect(dsn=self.p["job_dsn"], connect_timeout=self.p["pg_connect_timeout"],
+                              query_timeout=self.p["pg_query_timeout"])
+        return self.shard_conn(self.storage_shard(), fresh=True)
+
     def job_conn(self):
         key = ("job",)
         if key in self._conns and not self._conns[key].closed:

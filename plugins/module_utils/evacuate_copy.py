@@ -22,8 +22,9 @@ its gaps closed, §7.3 items 4, 7, 8, 9):
    committed) ``fsync`` the directory. ``durability=batch`` (Linux): the same
    order with one ``syncfs(2)`` of the filesystem shared by every copy in
    flight instead of one flush per file, which is what a disk's flush costs
-   allow; ``auto`` picks ``batch`` where syncfs exists (ZFS, the storage
-   nodes' filesystem, batches per-file fsyncs in its intent log itself).
+   allow; ``auto`` picks ``batch`` where syncfs exists. The default is
+   ``file`` (ZFS, the storage nodes' filesystem, batches concurrent fsyncs
+   in its intent log itself).
 5. Optionally ``HEAD`` the copy through the destination's own web server
    (``verify_url``), so metadata never points at a node that cannot serve it.
 
@@ -212,7 +213,7 @@ class Copier:
     def __init__(self, root, sources, tmp_dir=None, concurrency=8, max_bytes_per_sec=None,
                  source_bytes_per_sec=None, timeout=30.0, retries=2, verify_url=None,
                  deadline=None, pause_window=50, pause_error_ratio=0.5, pause_consecutive=20,
-                 check_mode=False, retry_delay=0.5, durability="auto"):
+                 check_mode=False, retry_delay=0.5, durability="file"):
         if durability not in ("auto", "file", "batch"):
             raise CopyError(f"durability must be auto, file or batch, got {durability!r}")
         if durability == "auto":

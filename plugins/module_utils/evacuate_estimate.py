@@ -14,9 +14,10 @@ The model (docs/evacuate.md "Estimates"), every term reported separately:
   controller measured for the whole set of concurrent streams;
 * **metadata**: per shard ``rows / min(metadata_rows_per_sec, measured rows/s)``,
   shards in parallel, after each round's copies;
-* **overhead**: per round (Ansible tasks, plan, result transfer) and per run
-  (read-only wait, job set-up), measured from earlier rounds of the job when
-  there are any, otherwise the defaults below.
+* **overhead**: the read-only wait (``lag`` minus half a heartbeat interval),
+  and the play's own tasks: ``PLAY_TASKS_FIXED`` task executions per run plus
+  ``PLAY_TASKS_PER_ROUND`` per round, at the seconds per task the check-mode run
+  measured on this controller and inventory (the defaults below otherwise).
 
 Rates come, best first, from: this job's earlier rounds; a probe (check mode
 fetches a sample of the objects it would copy from their sources, at the
@@ -33,7 +34,12 @@ DEFAULTS = {
     "metadata_rows_per_second": 5000.0,
     "round_overhead_seconds": 9.0,     # the round's Ansible tasks on a small inventory
     "run_overhead_seconds": 25.0,      # job set-up, read-only, verification bookkeeping
+    "heartbeat_interval": 5.0,         # minnow's; the read-only wait is lag - interval / 2
 }
+# Task executions of playbooks/evacuate.yml outside the rounds, and per round (the play's
+# shape; the per-task cost itself is measured by the check-mode run).
+PLAY_TASKS_FIXED = 24
+PLAY_TASKS_PER_ROUND = 12
 
 
 def _lpt(times, slots):
@@ -49,7 +55,8 @@ def _lpt(times, slots):
 
 
 def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0,
-             forks=5, round_seconds=300.0, rotation_lag=60.0, per_source_bytes=None):
+             forks=5, round_seconds=300.0, rotation_lag=60.0, per_source_bytes=None,
+             seconds_per_task=None):
     """``per_dest``: {dest: (objects, bytes)}; ``per_shard_rows``: {shard: rows};
     ``throttle``: copy_concurrency, max_bytes_per_sec, metadata_rows_per_sec;
     ``measured``: optional overrides of :data:`DEFAULTS` plus ``aggregate_objects_per_second``
@@ -81,7 +88,12 @@ def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0
     md_rate = m["metadata_rows_per_second"] if not md_cap else min(md_cap, m["metadata_rows_per_second"])
     metadata = max([r / md_rate for r in per_shard_rows.values()] or [0.0])
     rounds = max(1, math.ceil(copy / float(round_seconds))) if tot_objs else 0
-    overhead = m["run_overhead_seconds"] + rotation_lag + rounds * m["round_overhead_seconds"]
+    wait = max(0.0, rotation_lag - m["heartbeat_interval"] / 2.0)
+    if seconds_per_task:
+        # measured on this controller and inventory by the check-mode run itself
+        m["run_overhead_seconds"] = seconds_per_task * PLAY_TASKS_FIXED
+        m["round_overhead_seconds"] = seconds_per_task * PLAY_TASKS_PER_ROUND
+    overhead = m["run_overhead_seconds"] + wait + max(rounds, 1) * m["round_overhead_seconds"]
     total = 2 * scan_seconds + copy + metadata + overhead
     return {
         "seconds": round(total, 1),
@@ -95,7 +107,8 @@ def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0
                   "aggregate_objects_per_second": agg_o, "aggregate_bytes_per_second": agg_b,
                   "round_overhead_seconds": m["round_overhead_seconds"],
                   "run_overhead_seconds": m["run_overhead_seconds"],
-                  "rotation_lag": rotation_lag,
+                  "rotation_lag": rotation_lag, "read_only_wait": round(wait, 1),
+                  "seconds_per_task": round(seconds_per_task, 3) if seconds_per_task else None,
                   "sources": m.get("rate_source", "defaults")},
         "per_destination_seconds": {d: round(t, 2) for d, t in dest_times.items()},
     }

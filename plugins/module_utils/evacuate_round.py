@@ -311,7 +311,8 @@ def simulate(rows_iter, nodes, inv, beats, p, reserved=None, scan_seconds=0.0, m
     est = EE.estimate({d.id: (d.planned_objects, d.planned_bytes) for d in dests if d.planned_objects},
                       per_shard, throttle, measured=measured, scan_seconds=scan_seconds,
                       forks=forks, round_seconds=p["round_seconds"],
-                      rotation_lag=p["rotation_lag"], per_source_bytes=per_source)
+                      rotation_lag=p["rotation_lag"], per_source_bytes=per_source,
+                      seconds_per_task=p.get("seconds_per_task"))
     unplaced = [r for r in reasons.values()
                 if r["reason"] in ("object_already_on_dest_shark", "object_already_in_datacenter",
                                    "destination_insufficient_space", "no_destination_in_datacenter",

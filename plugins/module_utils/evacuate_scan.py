@@ -30,13 +30,14 @@ id order, so the stored watermark is always a valid resume point.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 
 from ansible_collections.manta.ops.plugins.module_utils.evacuate_common import (
     EvacError, is_mpu_part, psycopg2, sql)
 
-DEFAULT_CHUNK = 5000
+DEFAULT_CHUNK = 10000
 DEFAULT_MAX_LIKE = 16
 
 
@@ -335,3 +336,56 @@ def scan_shards(shards, connect_for, nodes, sink_for, starts=None, chunk=DEFAULT
             raise exc
         raise EvacError(f"scan of shard {shard} failed: {exc!r}") from exc
     return results
+
+
+class StoreSink:
+    """Hands one shard's windows to the job store on a thread of its own (its own
+    connection), in order, so parsing the next window overlaps storing this one.
+
+    ``store`` is a JobStore with a connection used by this sink only. Call
+    ``sink`` as ShardScan's sink, then ``close()`` (raises what the writer hit).
+    """
+
+    def __init__(self, store, job, pass_no, shard, depth=2):
+        self.store = store
+        self.job = job
+        self.pass_no = pass_no
+        self.shard = shard
+        self.q = queue.Queue(maxsize=depth)
+        self.err = None
+        self.new = 0
+        self.updated = 0
+        self.th = threading.Thread(target=self._run, name=f"store-{shard}", daemon=True)
+        self.th.start()
+
+    def _run(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.err is not None:
+                continue
+            col, rows, last_id, ids, seconds, finished, max_id = item
+            try:
+                ins, upd = self.store.store_scanned(
+                    self.job, self.pass_no, self.shard, col, rows, last_id, ids, seconds,
+                    done=finished, max_id=max_id, fresh=(self.pass_no == 1 and col == "_id"))
+                self.new += ins
+                self.updated += upd
+            except Exception as exc:  # noqa: BLE001 - re-raised by sink/close
+                self.err = exc
+
+    def sink(self, col, rows, last_id, ids, seconds, finished, max_id):
+        if self.err is not None:
+            raise self.err
+        self.q.put((col, rows, last_id, ids, seconds, finished, max_id))
+
+    def close(self):
+        self.q.put(None)
+        self.th.join()
+        try:
+            self.store.conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.err is not None:
+            raise self.err

@@ -35,7 +35,7 @@ import json
 from ansible_collections.manta.ops.plugins.module_utils.evacuate_common import (
     EvacError, check_schema_name, psycopg2, sql)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 JOB_STATES = ("active", "paused", "complete")
 
 
@@ -87,8 +87,15 @@ def _ddl(s):
             copied_at timestamptz,
             done_at timestamptz,
             PRIMARY KEY (job, shard, key, node))""").format(t("objects")),
-        sql.SQL("CREATE INDEX IF NOT EXISTS objects_status_idx ON {} (job, status, node)").format(
-            t("objects")),
+        # Partial indexes only: a row the scan inserts as pending touches the primary key,
+        # oid and the pending index, nothing else (the scan's insert rate depends on it).
+        sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(s, "objects_status_idx")),
+        sql.SQL("CREATE INDEX IF NOT EXISTS objects_open_idx ON {} (job, shard, status, dest) "
+                "WHERE status IN ('assigned', 'copied')").format(t("objects")),
+        sql.SQL("CREATE INDEX IF NOT EXISTS objects_fate_idx ON {} (job, status, reason) "
+                "WHERE status IN ('skipped', 'error')").format(t("objects")),
+        sql.SQL("CREATE INDEX IF NOT EXISTS objects_copied_idx ON {} (dest, copied_at) "
+                "WHERE copied_at IS NOT NULL").format(t("objects")),
         sql.SQL("CREATE INDEX IF NOT EXISTS objects_pending_idx ON {} (job, oid) "
                 "WHERE status = 'pending'").format(t("objects")),
         sql.SQL("CREATE INDEX IF NOT EXISTS objects_done_idx ON {} (job, done_at) "
@@ -150,9 +157,16 @@ class JobStore:
         self.conn.rollback()
         return ok
 
+    def version(self):
+        with self.conn.cursor() as cur:
+            cur.execute(self.q("SELECT value FROM {m} WHERE key = 'schema_version'", m="meta"))
+            row = cur.fetchone()
+        self.conn.rollback()
+        return int(row[0]) if row else 0
+
     def ensure_schema(self, check_mode=False):
-        """Create what is missing. Returns True if the schema was (or would be) created."""
-        if self.exists():
+        """Create (or upgrade) what is missing. True if anything was (or would be) done."""
+        if self.exists() and self.version() >= SCHEMA_VERSION:
             return False
         if check_mode:
             return True
@@ -162,7 +176,8 @@ class JobStore:
             for stmt in _ddl(self.schema):
                 cur.execute(stmt)
             cur.execute(self.q("INSERT INTO {m} (key, value) VALUES ('schema_version', %s) "
-                               "ON CONFLICT (key) DO NOTHING", m="meta"), (str(SCHEMA_VERSION),))
+                               "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", m="meta"),
+                        (str(SCHEMA_VERSION),))
         self.conn.commit()
         return True
 
@@ -265,36 +280,31 @@ class JobStore:
         ins = upd = 0
         with self.conn.cursor() as cur:
             if rows:
-                buf = io.StringIO()
-                for r in rows:
-                    buf.write("\t".join(_copy_field(x) for x in r))
-                    buf.write("\n")
+                lines = ["\t".join([_copy_field(x) for x in r]) for r in rows]
                 copied = False
                 if fresh:
                     # First pass over new ids: nothing of this window can be stored
                     # yet, so COPY straight in (falling back to the upsert if a key
                     # was seen before after all).
+                    suffix = "\t" + "\t".join(_copy_field(x) for x in (job, shard, pass_no)) + "\n"
                     cur.execute("SAVEPOINT evac_copy")
                     try:
-                        buf.seek(0)
                         cur.copy_expert(sql.SQL(
                             "COPY {} (key, node, mid, object_id, owner, path_owner, size, md5, etag, "
                             "sharks, status, reason, detail, job, shard, scan_pass) FROM STDIN").format(
                                 self.t("objects")).as_string(cur),
-                            io.StringIO("".join(
-                                line + "\t" + "\t".join(_copy_field(x) for x in (job, shard, pass_no)) + "\n"
-                                for line in buf.getvalue().split("\n") if line)))
+                            io.StringIO(suffix.join(lines) + suffix))
                         cur.execute("RELEASE SAVEPOINT evac_copy")
                         ins = len(rows)
                         copied = True
                     except psycopg2.errors.UniqueViolation:
                         cur.execute("ROLLBACK TO SAVEPOINT evac_copy")
+                buf = io.StringIO("\n".join(lines) + "\n")
                 if not copied:
                     cur.execute("CREATE TEMP TABLE IF NOT EXISTS evac_scan_stage ("
                                 "key text, node text, mid bigint, object_id text, owner text, "
                                 "path_owner text, size bigint, md5 text, etag text, sharks text, "
                                 "status text, reason text, detail text) ON COMMIT DELETE ROWS")
-                    buf.seek(0)
                     cur.copy_expert("COPY evac_scan_stage FROM STDIN", buf)
                     cur.execute(self.q(UPSERT_SCANNED, o="objects"), {"job": job, "shard": shard,
                                                                       "pass": pass_no})
@@ -619,7 +629,7 @@ LIMIT %s
 def _copy_field(x):
     if x is None:
         return "\\N"
-    s = str(x)
+    s = x if type(x) is str else str(x)
     if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
         s = s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return s

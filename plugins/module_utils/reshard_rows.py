@@ -1,6 +1,6 @@
 # Copyright (c) manta.ops contributors
 # SPDX-License-Identifier: MPL-2.0
-"""Rows per vnode on a moray shard: census, balanced split, throttled verified delete.
+"""Rows per vnode on a moray shard, for planning a reshard: census and balanced split.
 
 * ``sharded_tables(conn)``: every table of the moray database with a
   ``_vnode`` column (the sharded buckets); non-sharded buckets (``_vnode``
@@ -11,19 +11,10 @@
 * ``balanced_split(counts, vnodes, fraction)``: which vnodes to move so the
   new shard gets ``fraction`` of the rows (and about that fraction of the
   vnodes), keeping at least one vnode on each side.
-* ``Deleter``: reshard.md section 4 -- per table (``manta_directory_counts``
-  first, so libmanta's directory-count trigger has nothing to update), ghost
-  vnodes processed in parallel over ``connections`` connections to the
-  primary, ``DELETE ... WHERE _key IN (SELECT _key ... WHERE _vnode = v
-  LIMIT batch)`` (the primary key, an index) until a batch deletes nothing,
-  ``pause`` seconds after every non-empty batch; then a verification that no
-  row of a ghost vnode is left in any table.
+
+The delete itself (reshard.md §4) is manta.ops.moray_vnode_rows.
 """
 from __future__ import annotations
-
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 try:
     from psycopg2 import sql
@@ -132,133 +123,4 @@ def split_summary(counts_bytes, vnodes, moving):
         side["bytes"] += byts
         if v in moving:
             out["per_vnode"][v] = {"rows": rows, "bytes": byts}
-    return out
-
-
-class Deleter:
-    """Delete the rows of ``ghosts`` (vnodes this shard no longer owns) from every sharded table.
-
-    ``connect()`` returns a new autocommit psycopg2 connection to the primary.
-    ``progress(doc)`` is called after every batch (throttled to ``report_every`` s).
-    ``done_tables`` are skipped (resuming per table).
-    """
-
-    def __init__(self, connect, ghosts, batch_size=1000, pause=0.05, connections=4,
-                 progress=None, report_every=2.0, done_tables=(), on_table_done=None,
-                 stop=None, per_table=None):
-        if batch_size < 1 or connections < 1 or pause < 0:
-            raise RowsError("batch_size and connections must be >= 1, pause >= 0")
-        self.connect = connect
-        self.ghosts = sorted(set(int(v) for v in ghosts))
-        self.batch = int(batch_size)
-        self.pause = float(pause)
-        self.conns = int(connections)
-        self.progress = progress
-        self.report_every = report_every
-        self.done_tables = set(done_tables or ())
-        self.on_table_done = on_table_done
-        self.stop = stop
-        self.per_table = per_table or {}
-        self.lock = threading.Lock()
-        self.deleted = {}
-        self.batches = 0
-        self.started = None
-        self._last_report = 0.0
-        self.current = None
-
-    def _report(self, force=False):
-        if not self.progress:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_report < self.report_every:
-            return
-        self._last_report = now
-        total = sum(self.deleted.values())
-        el = now - self.started if self.started else 0
-        self.progress({"table": self.current, "deleted": total, "by_table": dict(self.deleted),
-                       "batches": self.batches, "seconds": round(el, 2),
-                       "rows_per_second": round(total / el, 1) if el > 0 else None})
-
-    def _vnode(self, table, vnode, conn):
-        q = sql.SQL("DELETE FROM {t} WHERE _key IN (SELECT _key FROM {t} WHERE _vnode = %s LIMIT %s)"
-                    ).format(t=sql.Identifier(table))
-        n_total = 0
-        with conn.cursor() as cur:
-            while True:
-                if self.stop is not None and self.stop.is_set():
-                    return n_total
-                cur.execute(q, (vnode, self.batch))
-                n = cur.rowcount or 0
-                with self.lock:
-                    self.deleted[table] = self.deleted.get(table, 0) + n
-                    self.batches += 1
-                self._report()
-                if n == 0:
-                    return n_total
-                n_total += n
-                if self.pause:
-                    time.sleep(self.pause)
-
-    def _table(self, table, pool):
-        self.current = table
-        self.deleted.setdefault(table, 0)
-        queue = list(self.per_table[table]) if table in self.per_table else list(self.ghosts)
-        qlock = threading.Lock()
-
-        def worker(conn):
-            while True:
-                with qlock:
-                    if not queue:
-                        return
-                    v = queue.pop(0)
-                self._vnode(table, v, conn)
-
-        with ThreadPoolExecutor(max_workers=len(pool)) as ex:
-            for f in [ex.submit(worker, c) for c in pool]:
-                f.result()
-
-    def run(self, tables):
-        self.started = time.monotonic()
-        pool = [self.connect() for _ in range(self.conns)]
-        try:
-            for t in tables:
-                if t in self.done_tables:
-                    continue
-                self._table(t, pool)
-                if self.stop is not None and self.stop.is_set():
-                    break
-                if self.on_table_done:
-                    self.on_table_done(t)
-            self._report(force=True)
-        finally:
-            for c in pool:
-                try:
-                    c.close()
-                except Exception:  # noqa: BLE001
-                    pass
-        return dict(self.deleted)
-
-
-def leftovers(conn, tables, ghosts):
-    """[(table, vnode)] of ghost vnodes that still have a row (reshard.md §4 step 5)."""
-    found = []
-    ghosts = sorted(set(int(v) for v in ghosts))
-    if not ghosts:
-        return found
-    with conn.cursor() as cur:
-        for t in tables:
-            cur.execute(sql.SQL("SELECT DISTINCT _vnode FROM {} WHERE _vnode = ANY(%s)").format(
-                sql.Identifier(t)), (ghosts,))
-            found.extend((t, int(r[0])) for r in cur.fetchall())
-    return found
-
-
-def vnodes_present(conn, tables):
-    """Every distinct non-NULL _vnode over the tables."""
-    out = set()
-    with conn.cursor() as cur:
-        for t in tables:
-            cur.execute(sql.SQL("SELECT DISTINCT _vnode FROM {} WHERE _vnode IS NOT NULL").format(
-                sql.Identifier(t)))
-            out.update(int(r[0]) for r in cur.fetchall())
     return out

@@ -82,11 +82,13 @@ options:
       - V(file) fsyncs each file, then its directory (directory syncs are group-committed).
       - V(batch) (Linux) does the same with one C(syncfs) of the filesystem shared by all
         copies in flight, instead of one flush per file.
-      - V(auto) picks V(batch) where C(syncfs) exists, V(file) elsewhere (on ZFS, the storage
-        nodes' filesystem, per-file fsyncs are batched by the intent log anyway).
+      - V(auto) picks V(batch) where C(syncfs) exists, V(file) elsewhere.
+      - The default is V(file). On ZFS (the storage nodes' filesystem) the intent log batches
+        concurrent fsyncs anyway; V(batch) helps on Linux filesystems dedicated to the objects
+        (syncfs flushes the whole filesystem, so it is slower where other writers share it).
     type: str
     choices: [auto, file, batch]
-    default: auto
+    default: file
   pause_window:
     description: How many recent copies the automatic pause looks at.
     type: int
@@ -186,7 +188,7 @@ def main():
             pause_window=dict(type="int", default=50),
             pause_error_ratio=dict(type="float", default=0.5),
             pause_consecutive=dict(type="int", default=20),
-            durability=dict(type="str", default="auto", choices=["auto", "file", "batch"]),
+            durability=dict(type="str", default="file", choices=["auto", "file", "batch"]),
         ),
         supports_check_mode=True,
     )

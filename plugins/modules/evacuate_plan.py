@@ -128,6 +128,11 @@ options:
     description: Check mode; destinations copying at once (Ansible C(forks)), for the estimate.
     type: int
     default: 5
+  seconds_per_task:
+    description:
+      - Check mode; what one task of the play costs on this controller and inventory (the play
+        measures it on its way to this task), for the estimate's overhead.
+    type: float
   throttle:
     description: Check mode, when the job does not exist yet; the throttles to estimate with.
     type: dict
@@ -346,6 +351,7 @@ def main():
         probe_objects=dict(type="int", default=50),
         forks=dict(type="int", default=5),
         throttle=dict(type="dict", default={}),
+        seconds_per_task=dict(type="float"),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     C.require_psycopg2(module)

@@ -61,7 +61,7 @@ options:
   chunk:
     description: Ids per window. Each window is one short query on the primary.
     type: int
-    default: 5000
+    default: 10000
   max_like_patterns:
     description:
       - Up to this many evacuated nodes the pre-filter is C(_value LIKE ANY(...)); with more, the
@@ -171,7 +171,6 @@ seconds:
   type: float
 """
 
-import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -266,30 +265,36 @@ def main():
                 if st["done"]:
                     done.setdefault(sh, set()).add(col)
             conns[sh] = cols
-        lock = threading.Lock()
         counts = {"new": 0, "updated": 0}
         open_count = sum(store.shards_with(p["job"], s).get(sh, 0)
                          for s in C.OPEN_STATUSES for sh in shards)
+        sinks = {sh: S.StoreSink(JobStore(ctx.new_job_conn(), p["job_schema"]), p["job"], pass_no, sh)
+                 for sh in shards}
 
         def sink_for(shard):
-            def sink(col, rows, last_id, ids, seconds, finished, max_id):
-                with lock:
-                    ins, upd = store.store_scanned(p["job"], pass_no, shard, col, rows, last_id, ids,
-                                                   seconds, done=finished, max_id=max_id,
-                                                   fresh=(pass_no == 1 and col == "_id"))
-                    counts["new"] += ins
-                    counts["updated"] += upd
-            return sink
+            return sinks[shard].sink
 
         def connect_for(shard):
             return ctx.shard_conn(shard, fresh=True)
 
         t0 = time.monotonic()
-        stats = S.scan_shards(shards, connect_for, nodes, sink_for, starts=starts,
-                              chunk=p["chunk"], deadline=deadline,
-                              max_like=p["max_like_patterns"], done=done,
-                              rows_per_sec=p["max_rows_per_sec"] or None,
-                              parallel=p["parallel"])
+        try:
+            stats = S.scan_shards(shards, connect_for, nodes, sink_for, starts=starts,
+                                  chunk=p["chunk"], deadline=deadline,
+                                  max_like=p["max_like_patterns"], done=done,
+                                  rows_per_sec=p["max_rows_per_sec"] or None,
+                                  parallel=p["parallel"])
+        finally:
+            errs = []
+            for sk in sinks.values():
+                try:
+                    sk.close()
+                except Exception as exc:  # noqa: BLE001
+                    errs.append(exc)
+                counts["new"] += sk.new
+                counts["updated"] += sk.updated
+            if errs:
+                raise C.EvacError(f"storing the scan's matches failed: {errs[0]}")
         secs = time.monotonic() - t0
         for sh, st in stats.items():
             st["ids_per_second"] = round(st["ids"] / st["seconds"], 1) if st["seconds"] else None

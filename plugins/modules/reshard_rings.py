@@ -52,6 +52,11 @@ options:
     description: Scratch directory.
     type: path
     default: /var/tmp/manta-reshard
+  dest:
+    description:
+      - Also write the final ring as a serialized (JSON) ring to this file (for M(manta.ops.moray_vnode_rows)),
+        and return the old shard's vnodes in it (RV(old_pnode_vnodes)). Not written in check mode.
+    type: path
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - manta.ops.triton_api
@@ -96,6 +101,10 @@ reused:
   description: Roles whose image already existed.
   returned: always
   type: list
+old_pnode_vnodes:
+  description: The vnodes the old shard keeps in the final ring, as ranges text.
+  returned: always
+  type: str
 seconds:
   description: Time spent building and uploading.
   returned: always
@@ -127,7 +136,7 @@ def main():
     spec.update(plan=dict(type="str", required=True), old_image=dict(type="str", required=True),
                 pnode=dict(type="str", required=True), new_pnode=dict(type="str", required=True),
                 vnodes=dict(type="raw", required=True), owner=dict(type="str", required=True),
-                workdir=dict(type="path", default="/var/tmp/manta-reshard"))
+                workdir=dict(type="path", default="/var/tmp/manta-reshard"), dest=dict(type="path"))
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     check_requests(module)
     p = module.params
@@ -181,6 +190,16 @@ def main():
         module.fail_json(msg=f"reshard rings: {exc}", **res)
     except Exception as exc:  # noqa: BLE001 - fash errors
         module.fail_json(msg=f"reshard rings: {type(exc).__name__}: {exc}", **res)
+    res["old_pnode_vnodes"] = rj.ranges_text(final.vnodes_of(p["pnode"]))
+    if p["dest"] and not module.check_mode:
+        try:
+            os.makedirs(os.path.dirname(p["dest"]) or ".", exist_ok=True)
+            tmp = p["dest"] + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.write(final.to_json())
+            os.replace(tmp, p["dest"])
+        except OSError as exc:
+            module.fail_json(msg=f"cannot write the final ring to {p['dest']}: {exc}", **res)
     res["seconds"] = round(time.monotonic() - t0, 3)
     if module._diff:
         res["diff"] = {"before": {"rings": p["old_image"]},

@@ -45,7 +45,7 @@ HOOK = {p: p for p in PHASES}
 HOOK["block_writes"] = "block_writes_swap"         # transitional-ring worker dies with electric-moray 1 stopped
 SELF_KILL = {"block_writes_swap", "detach_peers", "establish_cluster", "reconfigure_peers",
              "verify_new_shard", "install_ring"}
-FAST = ["-e", "reshard_catchup_poll=2", "-e", "reshard_delete_poll=5", "-e", "reshard_timeout=120"]
+FAST = ["-e", "reshard_catchup_poll=2", "-e", "reshard_timeout=120"]
 
 
 # ---- the lab ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["reshard_plan", "reshard_journal", "reshard_em_ring", "reshard_cutover", "reshard_catchup",
-           "reshard_rings", "reshard_canary", "reshard_rows", "reshard_dumps"]
+           "reshard_rings", "reshard_canary", "reshard_dumps"]
 ANSIBLE_DOC = str(Path(sys.executable).parent / "ansible-doc")
 
 

@@ -53,13 +53,56 @@ def read_back(path):
     return read_topology(str(path))
 
 
-def test_slow_entry_path_is_identical(tmp_path, monkeypatch):
+def test_unit_templates_do_not_depend_on_the_cache(tmp_path, monkeypatch):
+    # a unit rendered from a template cached for another prefix is the unit rendered for its own
     topo = _topo()
-    write_topology(topo, str(tmp_path / "fast"), engine="sstable")
-    monkeypatch.setattr(sstable, "MAX_FAST_SUFFIX", 1)          # every suffix takes the general path
-    write_topology(topo, str(tmp_path / "slow"), engine="sstable")
+    write_topology(topo, str(tmp_path / "cached"), engine="sstable")
+    monkeypatch.setattr(sstable, "TEMPLATE_CACHE", 1)
+    write_topology(topo, str(tmp_path / "uncached"), engine="sstable")
     for name in ("000002.ldb", "000003.ldb"):
-        assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "slow" / name).read_bytes()
+        assert (tmp_path / "cached" / name).read_bytes() == (tmp_path / "uncached" / name).read_bytes()
+
+
+def _check_table_ring(path, expected):
+    """Read ``path`` with LevelDB's checks on: same items as ``expected``, in both directions and by seeks."""
+    db = plyvel.DB(str(path), paranoid_checks=True)
+    try:
+        items = list(db.iterator(verify_checksums=True))
+        assert items == expected
+        assert list(db.iterator(reverse=True, verify_checksums=True)) == expected[::-1]
+        for k, v in expected[::max(1, len(expected) // 200)]:
+            assert db.get(k, verify_checksums=True) == v
+            assert next(db.iterator(start=k + b"\x00", include_value=False), None) == next(
+                (x for x, _ in expected if x > k), None)
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("n", [1, 9, 10, 11, 99, 100, 101, 111, 1000, 1001, 1234, 10000, 12345])
+@pytest.mark.parametrize("shape", ["fresh1", "fresh3", "fresh5", "remapped"])
+def test_vnode_counts_and_shapes(tmp_path, n, shape):
+    # runs are walked as decimal subtrees: counts at and around powers of ten, partial subtrees,
+    # one pnode or many, units with scattered owners and data
+    import random
+    pn = ["tcp://%d.moray.example.com:2020" % i for i in range(1, 6)]
+    if shape == "remapped":
+        topo = Topology.create(pn[:3], n)
+        rnd = random.Random(n)
+        topo.remap(rnd.sample(range(n), max(1, n // 7)), P4)
+        topo.remap([0], "tcp://10.moray.example.com:2020")
+        topo.set_data(rnd.sample(range(n), min(n, 5)), "ro")
+        topo.add_pnode("tcp://9.moray.example.com:2020")
+    else:
+        topo = Topology.create(pn[:int(shape[-1])], n)
+    write_topology(topo, str(tmp_path / "direct"), engine="sstable")
+    write_topology(topo, str(tmp_path / "plyvel"), engine="plyvel")
+    db = plyvel.DB(str(tmp_path / "plyvel"))
+    try:
+        expected = list(db.iterator())
+    finally:
+        db.close()
+    assert len(expected) == 2 * n + 6 + len(topo.pnodes())
+    _check_table_ring(tmp_path / "direct", expected)
 
 
 def test_interleaving_pnode_names_fall_back(tmp_path):
