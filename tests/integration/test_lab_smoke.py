@@ -125,3 +125,26 @@ def test_up_refuses_to_resize_an_existing_lab(lab):
     p = lab.run("up", "--shards", "3", check=False)
     assert p.returncode == 2
     assert "--shards 3" in p.stderr and "created with 2" in p.stderr
+
+
+def test_a_failing_component_is_named_with_its_log(tmp_path):
+    """A lab whose ZooKeeper cannot start says so, naming the component and its log."""
+    import socket
+    from manta_lab import config
+    home = tmp_path / "lab"
+    base = 29000  # a block no test lab uses (they take 12000..27000)
+    cfg = config.LabConfig(home=str(home), base_port=base)
+    cfg.save()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", cfg.port("zookeeper")))
+    squatter.listen(1)
+    try:
+        p = subprocess.run([*LAB, "--home", str(home), "up"], capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        squatter.close()
+        subprocess.run([*LAB, "--home", str(home), "down"], capture_output=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "lab: failed: zookeeper:" in p.stderr
+    assert f"(log: {home / 'log' / 'zookeeper.log'})" in p.stderr
