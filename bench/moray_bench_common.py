@@ -416,6 +416,16 @@ def seeded(env, name, rows, seed_no=1):
     return out
 
 
+def drop_databases(env, *names):
+    """Drop the benchmark's copies (disk space: each is a full copy of the seeded database)."""
+    admin = env.connect("postgres")
+    cur = admin.cursor()
+    for name in names:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    admin.close()
+
+
 def half_the_vnodes(env):
     """Every second vnode of the shard (what the reshard service moved)."""
     return env.topology().vnodes_of(env.pnode)[0::2]

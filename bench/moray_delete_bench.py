@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moray_bench_common import (bench_env, copy_database, half_the_vnodes, machine, median,  # noqa: E402
-                                save_result, seeded)
+from moray_bench_common import (bench_env, copy_database, drop_databases, half_the_vnodes, machine,  # noqa: E402
+                                median, save_result, seeded)
 
 from ansible_collections.manta.ops.plugins.module_utils import moray_delete, moray_pg  # noqa: E402
 from ansible_collections.manta.ops.plugins.module_utils import throttle as th  # noqa: E402
@@ -119,7 +119,10 @@ def main():
               f"{'PASS' if summary['pass'] else 'FAIL'}; saved {path}")
         return 0 if summary["pass"] else 1
     finally:
-        env.stop()
+        try:
+            drop_databases(env, "bench_base", "bench_cand")
+        finally:
+            env.stop()
 
 
 if __name__ == "__main__":

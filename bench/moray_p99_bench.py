@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moray_bench_common import (bench_env, copy_database, half_the_vnodes, machine, save_result,  # noqa: E402
-                                seeded)
+from moray_bench_common import (bench_env, copy_database, drop_databases, half_the_vnodes, machine,  # noqa: E402
+                                save_result, seeded)
 
 from ansible_collections.manta.ops.plugins.module_utils import throttle as th  # noqa: E402
 
@@ -229,7 +229,10 @@ def main():
               f"{'PASS' if summary['pass'] else 'FAIL'}; saved {path}")
         return 0 if summary["pass"] else 1
     finally:
-        env.stop()
+        try:
+            drop_databases(env, DB)
+        finally:
+            env.stop()
         import shutil
         shutil.rmtree(work, ignore_errors=True)
 

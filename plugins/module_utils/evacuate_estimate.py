@@ -17,7 +17,9 @@ The model (docs/evacuate.md "Estimates"), every term reported separately:
 * **overhead**: the read-only wait (``lag`` minus half a heartbeat interval),
   and the play's own tasks: ``PLAY_TASKS_FIXED`` task executions per run plus
   ``PLAY_TASKS_PER_ROUND`` per round, at the seconds per task the check-mode run
-  measured on this controller and inventory (the defaults below otherwise).
+  measured on this controller and inventory (the defaults below otherwise);
+* when every destination is this very machine (the lab), its CPUs bound the copy
+  (``cpu_seconds_per_object``/``_per_mib``, measured by bench/evacuate_copy_bench.py).
 
 Rates come, best first, from: this job's earlier rounds; a probe (check mode
 fetches a sample of the objects it would copy from their sources, at the
@@ -35,6 +37,10 @@ DEFAULTS = {
     "round_overhead_seconds": 9.0,     # the round's Ansible tasks on a small inventory
     "run_overhead_seconds": 25.0,      # job set-up, read-only, verification bookkeeping
     "heartbeat_interval": 5.0,         # minnow's; the read-only wait is lag - interval / 2
+    # CPU one copy costs where destinations share one machine (the lab): per object and
+    # per MiB (request, MD5, two memory copies, fsync, rename, HEAD); from bench/evacuate_copy_bench.py
+    "cpu_seconds_per_object": 0.0009,
+    "cpu_seconds_per_mib": 0.0035,
 }
 # Task executions of playbooks/evacuate.yml outside the rounds, and per round (the play's
 # shape; the per-task cost itself is measured by the check-mode run).
@@ -56,7 +62,7 @@ def _lpt(times, slots):
 
 def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0,
              forks=5, round_seconds=300.0, rotation_lag=60.0, per_source_bytes=None,
-             seconds_per_task=None):
+             seconds_per_task=None, shared_cpus=None):
     """``per_dest``: {dest: (objects, bytes)}; ``per_shard_rows``: {shard: rows};
     ``throttle``: copy_concurrency, max_bytes_per_sec, metadata_rows_per_sec;
     ``measured``: optional overrides of :data:`DEFAULTS` plus ``aggregate_objects_per_second``
@@ -85,6 +91,10 @@ def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0
         copy = max(copy, tot_bytes / agg_b)
     if bw_cap and per_source_bytes:
         copy = max([copy] + [b / float(bw_cap) for b in per_source_bytes.values()])
+    if shared_cpus:
+        # every destination (and source) on this one machine: its CPUs bound the whole copy
+        cpu = tot_objs * m["cpu_seconds_per_object"] + tot_bytes / 1048576.0 * m["cpu_seconds_per_mib"]
+        copy = max(copy, cpu / float(shared_cpus))
     md_rate = m["metadata_rows_per_second"] if not md_cap else min(md_cap, m["metadata_rows_per_second"])
     metadata = max([r / md_rate for r in per_shard_rows.values()] or [0.0])
     rounds = max(1, math.ceil(copy / float(round_seconds))) if tot_objs else 0
@@ -105,6 +115,7 @@ def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0
                   "bytes_per_second_per_destination": round(byte_rate, 1),
                   "metadata_rows_per_second": round(md_rate, 1), "parallel_destinations": active,
                   "aggregate_objects_per_second": agg_o, "aggregate_bytes_per_second": agg_b,
+                  "shared_cpus": shared_cpus,
                   "round_overhead_seconds": m["round_overhead_seconds"],
                   "run_overhead_seconds": m["run_overhead_seconds"],
                   "rotation_lag": rotation_lag, "read_only_wait": round(wait, 1),

@@ -308,11 +308,14 @@ def simulate(rows_iter, nodes, inv, beats, p, reserved=None, scan_seconds=0.0, m
             measured["rate_source"] = "probe"
     if callable(scan_seconds):
         scan_seconds = scan_seconds()
+    from urllib.parse import urlsplit
+    hosts = {urlsplit(d.url or "").hostname for d in dests if d.planned_objects}
+    shared = (os.cpu_count() or 1) if hosts and hosts <= {"127.0.0.1", "localhost", "::1"} else None
     est = EE.estimate({d.id: (d.planned_objects, d.planned_bytes) for d in dests if d.planned_objects},
                       per_shard, throttle, measured=measured, scan_seconds=scan_seconds,
                       forks=forks, round_seconds=p["round_seconds"],
                       rotation_lag=p["rotation_lag"], per_source_bytes=per_source,
-                      seconds_per_task=p.get("seconds_per_task"))
+                      seconds_per_task=p.get("seconds_per_task"), shared_cpus=shared)
     unplaced = [r for r in reasons.values()
                 if r["reason"] in ("object_already_on_dest_shark", "object_already_in_datacenter",
                                    "destination_insufficient_space", "no_destination_in_datacenter",

@@ -74,14 +74,16 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def dbs(world):
-    """Fresh copies for a test that deletes: (source db, owner db) names.
-
-    They are left in place: the whole scratch cluster goes away with the module."""
+    """Fresh copies for a test that deletes: (source db, owner db) names, dropped afterwards."""
     tag = uuid.uuid4().hex[:8]
     src, own = f"src_{tag}", f"own_{tag}"
     copy_database(world["admin"], "seed", src, checkpoint=False)
     copy_database(world["admin"], "seed", own, checkpoint=False)
-    return src, own
+    yield src, own
+    cur = world["admin"].cursor()
+    for name in (src, own):
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 @pytest.fixture(scope="module")

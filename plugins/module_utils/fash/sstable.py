@@ -42,6 +42,7 @@ import struct
 import sys
 import threading
 from array import array
+from itertools import compress
 
 
 def _load_crc32c():
@@ -75,6 +76,7 @@ def _load_crc32c():
 
 
 _crc32c_fn = _load_crc32c()
+
 from .errors import RingError
 
 BLOCK_SIZE = 4096
@@ -125,6 +127,10 @@ def _var(n):
     return _V[n] if n < 1024 else varint(n)
 
 
+_VK = [_var(i + 8) for i in range(128)]    # key delta lengths of entries spelling i bytes of their key
+_D3 = [b"%03d," % i for i in range(1000)]
+
+
 def _u32_array(values):
     a = array("I", values)
     if a.itemsize != 4:  # pragma: no cover
@@ -156,23 +162,24 @@ def _render(entries, prefix, ylen, tag):
     plen = len(prefix)
     kbase = plen + ylen + 8
     shared = _var(plen + ylen)
+    vlen, tval = {}, {}
+    for v in {v for _r, v in entries}:
+        vlen[v] = _var(len(v))
+        tval[v] = tag + v
+    vk = _VK
+    ent = [shared + vk[len(r)] + vlen[v] + r + tval[v] for r, v in entries]
     frags = []
-    cur = []
     restarts = []
     pos = 0
-    for i, (rel, val) in enumerate(entries):
-        if i % RESTART_INTERVAL:
-            e = shared + _var(len(rel) + 8) + _var(len(val)) + rel + tag + val
-            cur.append(e)
-            pos += len(e)
-        else:
-            restarts.append(pos)
-            head = b"\x00" + _var(kbase + len(rel)) + _var(len(val)) + prefix
-            cur.append(head)
-            frags.append(b"".join(cur))
-            cur = [rel, tag, val]
-            pos += len(head) + kbase - plen + len(rel) + len(val)
-    frags.append(b"".join(cur))
+    tail = b""
+    for g in range(0, len(entries), RESTART_INTERVAL):
+        r, v = entries[g]
+        head = b"\x00" + _var(kbase + len(r)) + vlen[v] + prefix
+        frags.append(tail + head)
+        restarts.append(pos)
+        tail = r + tval[v] + b"".join(ent[g + 1:g + RESTART_INTERVAL])
+        pos += len(head) + ylen + len(tail)
+    frags.append(tail)
     u = _Unit()
     u.frags = frags
     u.size = pos
@@ -341,6 +348,14 @@ class _Shape(object):
         for pos, i in enumerate(order):
             self.rank[i] = pos
         self._lex = {}
+        self._pairs = {}
+
+    def pairs(self, value):
+        """``(rel[i], value)`` for every index i."""
+        got = self._pairs.get(value)
+        if got is None:
+            got = self._pairs[value] = [(r, value) for r in self.rel]
+        return got
 
     def lex(self, size):
         """Indices below ``size`` in key order."""
@@ -355,11 +370,7 @@ _SHAPES = {}
 
 def _find_all(membership):
     """Indices of the 1 bytes of ``membership``."""
-    out, i = [], membership.find(1)
-    while i >= 0:
-        out.append(i)
-        i = membership.find(1, i + 1)
-    return out
+    return list(compress(range(len(membership)), membership))
 
 
 def _shape(depth):
@@ -476,7 +487,7 @@ class _RingLayout(object):
             m = sel[k * 1000:k * 1000 + 1000]
             t = cache.get(m)
             if t is None:
-                t = [b"%03d," % i for i in range(len(m)) if m[i]]
+                t = [_D3[i] for i in compress(range(len(m)), m)]
                 t = cache[m] = [b""] + t if t else None
                 if len(cache) > TEMPLATE_CACHE:
                     cache.clear()
@@ -540,7 +551,8 @@ class _RingLayout(object):
             if mask is not None:
                 key = key.translate(mask)
                 if dprefixes and ys in dprefixes:      # vnodes with data below: rendered for this prefix only
-                    shape, kr = _shape(d), _shape(d).kr
+                    shape = _shape(d)
+                    kr = shape.kr
                     idx = sorted(_find_all(key), key=shape.rank.__getitem__)
                     if idx:
                         out.append((ys, _render([(shape.rel[i], denc.get(y * kr[i][0] + kr[i][1], _ONE))
@@ -553,10 +565,12 @@ class _RingLayout(object):
             if u is None:
                 shape = _shape(d)
                 if mask is None:
-                    u = _render([(shape.rel[i], pvals[key[i]]) for i in shape.lex(len(key))], prefix, len(ys), tag)
+                    pairs = [shape.pairs(pv) for pv in pvals]
+                    u = _render([pairs[key[i]][i] for i in shape.lex(len(key))], prefix, len(ys), tag)
                 else:
                     idx = sorted(_find_all(key), key=shape.rank.__getitem__)
-                    u = _render([(shape.rel[i], _ONE) for i in idx], prefix, len(ys), tag) if idx else False
+                    ones = shape.pairs(_ONE)
+                    u = _render([ones[i] for i in idx], prefix, len(ys), tag) if idx else False
                 if len(cache) >= TEMPLATE_CACHE:
                     cache.clear()
                 cache[key] = u
