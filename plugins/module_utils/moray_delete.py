@@ -131,7 +131,7 @@ def vnode_batch_sql(table, column):
     col = sql.Identifier(column)
     return sql.SQL(
         "WITH batch AS (SELECT {col} AS k FROM {t} WHERE _vnode = ANY(%(v)s::bigint[]) AND {cond} "
-        "LIMIT %(n)s), "
+        "ORDER BY _vnode LIMIT %(n)s), "
         "gone AS (DELETE FROM {t} WHERE {col} IN (SELECT k FROM batch) "
         "AND _vnode = ANY(%(v)s::bigint[]) AND {cond} RETURNING 1) "
         "SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch), NULL::text"

@@ -126,7 +126,7 @@ def test_docs_page_per_playbook(playbook):
 def test_docs_page_per_role(role):
     pages = _pages()
     cands = [p for p in (REPO / "docs" / f"{role}.md", REPO / "docs" / "roles" / f"{role}.md") if p in pages] \
-        or _page_for(rf"(manta\.ops\.{re.escape(role)}\b|roles/{re.escape(role)}\b)", pages)
+        or _page_for(rf"(manta\.ops\.{re.escape(role)}\b|roles/{re.escape(role)}\b|`{re.escape(role)}`)", pages)
     assert cands, f"no page in docs/ for role {NS}.{role}"
     best = min(cands, key=lambda p: len(_missing_sections(pages[p])))
     missing = _missing_sections(pages[best])
