@@ -144,7 +144,8 @@ def main():
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=S.DEFAULT_CHUNK)
-    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--cases", type=int, default=3, help="how many of the cases to run")
+    ap.add_argument("--parallel", type=int, default=3)
     a = ap.parse_args()
     lab = bench_lab()
     st = lab.status
@@ -165,7 +166,7 @@ def main():
              ("8 nodes", [node_id(i, dom) for i in range(8)]),
              ("30 nodes (JSON pre-filter)", [node_id(i, dom) for i in range(30)])]
     out = {"rows": total, "table_size": size, "nodes_in_region": a.nodes, "cases": []}
-    for name, nodes in cases:
+    for name, nodes in cases[:a.cases]:
         b, s = best_of(a.repeat, lambda: baseline(dsn),
                        lambda: candidate(dsn, job_dsn, nodes, a.chunk, a.parallel))
         ratio = b / s

@@ -22,8 +22,11 @@ fast and safe to leave running:
 * **Two plans**, chosen per table (``strategy=auto``) from the census:
 
   - ``vnode``: for a small share of the table. Work units are groups of
-    vnodes holding about ``batch_size`` rows together; the batch sub-select
-    uses Moray's ``<t>__vnode_idx``. Cost is proportional to the rows deleted.
+    vnodes holding about ``batch_size`` rows together; the batch sub-select is
+    ordered by ``_vnode`` so that the planner walks Moray's ``<t>__vnode_idx``
+    and stops after n live rows (an unordered ``LIMIT n`` lets it pick a table
+    scan that re-reads every earlier batch's dead rows: quadratic on a big,
+    scattered vnode). Cost is proportional to the rows deleted.
   - ``id_range``: for a large share (>= 20% of the table, e.g. half the
     vnodes after a split). The ``_id`` span of the victims is cut into ranges
     walked in ``_id`` order (keyset pagination on ``<t>__id_idx``) with a hashed

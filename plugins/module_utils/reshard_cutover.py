@@ -162,6 +162,49 @@ class Cutover:
         self.wait("every electric-moray to serve the transitional ring", ready, timeout, poll=0.05)
         return out
 
+    # ---- checkpoint_peers (before the window) ----------------------------------------------------------
+    def checkpoint_peers(self):
+        """Make the new peers' restart cheap: a checkpoint on the old primary, replayed by every new peer
+        (proven by a sentinel), then a CHECKPOINT on each (a restartpoint). A peer's sitter stops postgres
+        without a shutdown checkpoint, so at its restart under the new shard postgres replays every WAL
+        record since its last restartpoint; after a big copy (or the VACUUM that follows a bulk load) that
+        can be hundreds of MB and seconds of recovery, inside the window. Done before the window opens."""
+        shard = self.p["shard"]
+        t0 = time.monotonic()
+        state = self.load_state(shard)
+        by_zone = {p["zoneId"]: p for p in chain(state)}
+        peers = [by_zone[x["uuid"]] for x in self.new_peers() if x["uuid"] in by_zone]
+        if not peers:
+            return {"checkpointed": []}
+        conn = rc.pg_connect(state["primary"]["pgUrl"], dbname="postgres", query_timeout=600, **self.pg_opts)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CHECKPOINT")
+        finally:
+            conn.close()
+        conn = rc.pg_connect(state["primary"]["pgUrl"], **self.pg_opts)
+        try:
+            etag, value = rc.write_sentinel(conn, self.plan, "checkpoint: replayed by the new peers")
+        finally:
+            conn.close()
+        with ThreadPoolExecutor(max_workers=3) as ex:
+            for f in [ex.submit(rc.wait_sentinel, p["pgUrl"], etag, value, self.p["catchup_timeout"],
+                                self.pg_opts) for p in peers]:
+                f.result()
+
+        def restartpoint(peer):
+            c = rc.pg_connect(peer["pgUrl"], dbname="postgres", query_timeout=600, **self.pg_opts)
+            try:
+                with c.cursor() as cur:
+                    cur.execute("CHECKPOINT")
+            finally:
+                c.close()
+        with ThreadPoolExecutor(max_workers=3) as ex:
+            for f in [ex.submit(restartpoint, p) for p in peers]:
+                f.result()
+        self.timings["checkpoint_peers"] = round(time.monotonic() - t0, 3)
+        return {"checkpointed": [p["id"] for p in peers]}
+
     # ---- detach_peers -------------------------------------------------------------------------------
     def detach_peers(self):
         shard = self.p["shard"]

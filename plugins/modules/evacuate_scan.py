@@ -71,7 +71,7 @@ options:
   parallel:
     description: Concurrent window queries per shard (each on its own connection to the primary).
     type: int
-    default: 2
+    default: 3
   max_rows_per_sec:
     description: Scan at most this many ids per second per shard (V(0) unlimited), to spare a busy primary.
     type: int
@@ -190,7 +190,7 @@ def main():
         chunk=dict(type="int", default=S.DEFAULT_CHUNK),
         max_like_patterns=dict(type="int", default=S.DEFAULT_MAX_LIKE),
         max_rows_per_sec=dict(type="int", default=0),
-        parallel=dict(type="int", default=2),
+        parallel=dict(type="int", default=3),
         max_duration=dict(type="str"),
         deadline=dict(type="float"),
     )

@@ -78,11 +78,17 @@ def test_like_patterns_escape_wildcards():
     assert S.like_patterns(["a_b%c"]) == ['%"a\\_b\\%c"%']
 
 
-def test_window_query_switches_to_json_for_many_nodes():
+def _text(q):
+    return repr(q)
+
+
+def test_window_query_prefilter_forms():
     q, extra = S.window_query("_id", ["n%d" % i for i in range(20)], max_like=16)
-    assert extra == [["n%d" % i for i in range(20)]]
+    assert extra == [["n%d" % i for i in range(20)]] and "json_array_elements" in _text(q)
     q, extra = S.window_query("_idx", ["a", "b"])
-    assert extra == [['%"a"%', '%"b"%']]
+    assert extra == [['%"a"%', '%"b"%']] and "_value LIKE ANY" in _text(q)
+    q, extra = S.window_query("_id", ["a", "b", "c", "d"])
+    assert "substr(_value, strpos(_value, " in _text(q) and "sharks" in _text(q)
 
 
 # ---- metadata ---------------------------------------------------------------------------

@@ -277,6 +277,7 @@ class TableWriter(object):
         prefix, y, rel = self.last
         return {"size": self.offset, "smallest": self.first_key + self.tag, "largest": prefix + y + rel + self.tag}
 
+
 def _log_records(payload):
     """One logical record in LevelDB's log format (32 KiB blocks, FULL/FIRST/MIDDLE/LAST fragments)."""
     out = bytearray()
