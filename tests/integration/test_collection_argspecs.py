@@ -78,12 +78,36 @@ def test_role_has_argument_specs(role):
         assert not name.startswith("_"), name
 
 
-@pytest.mark.parametrize("role", ROLES)
+def _options(role):
+    try:
+        return spec(role).get("options") or {}
+    except AssertionError:
+        return {}  # test_role_has_argument_specs reports the missing spec
+
+
+def _bad_input(opts):
+    """An input with choices or a numeric type, and a value it must refuse."""
+    for k, o in sorted(opts.items()):
+        if o.get("choices"):
+            return k, "not-a-valid-choice"
+        if o.get("type") in ("int", "float"):
+            return k, "not-a-number"
+    return None, None
+
+
+# Parametrized only over the roles each check applies to, so nothing is skipped.
+ROLES_WITH_REQUIRED = [r for r in ROLES if any(o.get("required") for o in _options(r).values())]
+ROLES_WITH_CHECKED = [r for r in ROLES if _bad_input(_options(r))[0]]
+
+
+def test_every_role_has_an_input_that_validation_refuses():
+    assert set(ROLES_WITH_REQUIRED) | set(ROLES_WITH_CHECKED) == set(ROLES)
+
+
+@pytest.mark.parametrize("role", ROLES_WITH_REQUIRED)
 def test_missing_required_input_fails_first(role, tmp_path):
     main = spec(role)
     required = sorted(k for k, o in (main.get("options") or {}).items() if o.get("required"))
-    if not required:
-        pytest.skip(f"{role} has no required input")
     r = play(tmp_path, role, {})
     assert r.returncode != 0, r.out
     assert "Validating arguments against arg spec" in (first_failure(r.stdout) or ""), r.out
@@ -92,20 +116,10 @@ def test_missing_required_input_fails_first(role, tmp_path):
         assert k in r.stdout, f"{k} not named:\n{r.out}"
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", ROLES_WITH_CHECKED)
 def test_bad_choice_or_type_fails_first(role, tmp_path):
     main = spec(role)
-    opts = main.get("options") or {}
-    bad_name, bad_value = None, None
-    for k, o in sorted(opts.items()):
-        if o.get("choices"):
-            bad_name, bad_value = k, "not-a-valid-choice"
-            break
-        if o.get("type") in ("int", "float"):
-            bad_name, bad_value = k, "not-a-number"
-            break
-    if bad_name is None:
-        pytest.skip(f"{role} has no input with choices or a numeric type")
+    bad_name, bad_value = _bad_input(main.get("options") or {})
     r = play(tmp_path, role, {**valid_inputs(main), bad_name: bad_value})
     assert r.returncode != 0, r.out
     assert "Validating arguments against arg spec" in (first_failure(r.stdout) or ""), r.out

@@ -23,7 +23,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 ORACLE = pathlib.Path(os.environ.get("FASH_ORACLE", ROOT / ".venv" / "fash-oracle" / "node_modules" / ".bin" / "fash"))
 MANTA_FASH = ROOT / ".venv" / "bin" / "manta-fash"
 
-pytestmark = pytest.mark.skipif(not ORACLE.exists(), reason="node-fash oracle not installed (scripts/setup.sh)")
+
+
+@pytest.fixture(autouse=True)
+def _oracle_installed():
+    # The oracle is part of the test set-up (scripts/setup.sh): its absence is a failure.
+    assert ORACLE.exists(), f"node-fash oracle not installed at {ORACLE}: run scripts/setup.sh"
 
 P = ["tcp://%d.moray.example.com:2020" % i for i in range(1, 6)]
 

@@ -52,7 +52,7 @@ def _free_base():
         fixed += [c.storage_port(k) for k in range(1, 5)]
         if all(config.port_free(p) for p in fixed):
             return base
-    pytest.skip(f"no free base port from {BASE_PORT}; set LAB_TEST_DATAPLANE_PORT")
+    pytest.fail(f"no free base port from {BASE_PORT}; set LAB_TEST_DATAPLANE_PORT")
 
 
 @pytest.fixture(scope="module")

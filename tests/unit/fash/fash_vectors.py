@@ -19,7 +19,7 @@ PNODES3 = "%s, %s, %s" % (P1, P2, P3)
 def vector_path(name):
     path = VECTORS / name
     if not path.exists():
-        pytest.skip("vector %s not found (set MANTA_SHARED to the shared/ folder)" % path)
+        pytest.fail("vector %s not found (set MANTA_SHARED to the shared/ folder)" % path)
     return path
 
 
