@@ -18,7 +18,6 @@ import argparse
 import base64
 import hashlib
 import io
-import json
 import time
 import uuid
 

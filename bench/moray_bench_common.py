@@ -426,6 +426,28 @@ def drop_databases(env, *names):
     admin.close()
 
 
+def wait_replayed(env, timeout=300):
+    """Wait until every standby has replayed the primary's WAL up to now, so that the replay of
+    one side's delete (on the same CPUs) never runs under the other side's timing."""
+    conn = env.connect("postgres")
+    cur = conn.cursor()
+    cur.execute("SELECT pg_current_wal_lsn()")
+    target = cur.fetchone()[0]
+    deadline = time.monotonic() + timeout
+    waited = 0.0
+    t0 = time.monotonic()
+    while time.monotonic() < deadline:
+        cur.execute("SELECT count(*) FILTER (WHERE replay_lsn IS NULL OR replay_lsn < %s), count(*) "
+                    "FROM pg_stat_replication", (target,))
+        behind, total = cur.fetchone()
+        if behind == 0:
+            waited = time.monotonic() - t0
+            break
+        time.sleep(0.2)
+    conn.close()
+    return round(waited, 2)
+
+
 def half_the_vnodes(env):
     """Every second vnode of the shard (what the reshard service moved)."""
     return env.topology().vnodes_of(env.pnode)[0::2]

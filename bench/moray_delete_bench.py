@@ -16,6 +16,10 @@ deletes the rows of every second vnode of the shard:
   (throttle.UNTHROTTLED), force (no owner copy in this database), which is
   exactly what the module runs.
 
+Each copy is dropped as soon as its side is timed, so that autovacuum of its
+half-deleted table never runs under the other side's measurement, and each
+side starts only once the standbys (same CPUs) have replayed all WAL so far.
+
 The two alternate in order from round to round. Reported: rows/s of each, the
 ratio of the candidate's *delete phase* to the baseline (the acceptance figure,
 target >= 0.7) and of its *end-to-end* run (census + delete + verify).
@@ -30,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moray_bench_common import (bench_env, copy_database, drop_databases, half_the_vnodes, machine,  # noqa: E402
-                                median, save_result, seeded)
+                                median, save_result, seeded, wait_replayed)
 
 from ansible_collections.manta.ops.plugins.module_utils import moray_delete, moray_pg  # noqa: E402
 from ansible_collections.manta.ops.plugins.module_utils import throttle as th  # noqa: E402
@@ -42,6 +46,7 @@ def fresh_copy(env, name):
     admin = env.connect("postgres")
     copy_database(admin, SEED_DB, name)
     admin.close()
+    wait_replayed(env)
     time.sleep(1.0)
 
 
@@ -56,6 +61,8 @@ def baseline(env, victims):
     n += cur.rowcount
     secs = time.monotonic() - t0
     conn.close()
+    # drop it now: autovacuum of its 500k dead rows must not run under the other side's timing
+    drop_databases(env, "bench_base")
     return {"rows": n, "seconds": round(secs, 3), "rows_per_second": round(n / secs, 1)}
 
 
@@ -66,6 +73,7 @@ def candidate(env, victims, settings):
     r = moray_delete.delete_vnode_rows(env.shard, target, victims, force=True,
                                        throttle=th.Throttle(settings), progress_path=None)
     total = time.monotonic() - t0
+    drop_databases(env, "bench_cand")
     n = r["rows_deleted"]
     d = r["seconds"]["delete"]
     return {"rows": n, "delete_seconds": d, "total_seconds": round(total, 3),

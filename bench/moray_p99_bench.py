@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moray_bench_common import (bench_env, copy_database, drop_databases, half_the_vnodes, machine,  # noqa: E402
-                                save_result, seeded)
+                                save_result, seeded, wait_replayed)
 
 from ansible_collections.manta.ops.plugins.module_utils import throttle as th  # noqa: E402
 
@@ -147,6 +147,7 @@ def main():
             admin = env.connect("postgres")
             copy_database(admin, SEED_DB, DB)
             admin.close()
+            wait_replayed(env)
             conn = env.connect(DB)
             cur = conn.cursor()
             cur.execute("SELECT DISTINCT ON (_vnode) dirname, _vnode, owner FROM manta "

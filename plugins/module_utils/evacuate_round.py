@@ -35,7 +35,6 @@ from ansible_collections.manta.ops.plugins.module_utils import evacuate_copy as 
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_estimate as EE
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_plan as EP
 from ansible_collections.manta.ops.plugins.module_utils import storage_nodes as SN
-from ansible_collections.manta.ops.plugins.module_utils.evacuate_common import EvacError
 
 DEFAULT_COPY_CONCURRENCY = 8
 

@@ -215,14 +215,45 @@ class Census:
         return out
 
 
-def take(conn, shard, tables, vnodes=None, with_bytes=True, breakdown=False, bytes_mode=None):
+_NO_INDEX = ("SET LOCAL enable_indexscan = off", "SET LOCAL enable_indexonlyscan = off",
+             "SET LOCAL enable_bitmapscan = off")
+
+
+def _execute(cur, q, params, full_scan):
+    """Run one census query; ``full_scan`` reads the table instead of the _vnode index.
+
+    After a mass delete the index still lists every deleted row and the planner
+    cannot know they are dead: an index scan then visits each dead heap tuple
+    (about 5x slower than one parallel sequential scan for half a table).
+    """
+    if not full_scan:
+        cur.execute(q, params)
+        return cur.fetchall()
+    autocommit = cur.connection.autocommit
+    cur.connection.autocommit = False
+    try:
+        for stmt in _NO_INDEX:
+            cur.execute(stmt)
+        cur.execute(q, params)
+        rows = cur.fetchall()
+        cur.connection.commit()
+        return rows
+    except BaseException:
+        cur.connection.rollback()
+        raise
+    finally:
+        cur.connection.autocommit = autocommit
+
+
+def take(conn, shard, tables, vnodes=None, with_bytes=True, breakdown=False, bytes_mode=None, full_scan=()):
     """Run the census on ``conn`` for ``tables`` (TableInfo, in order) and return a :class:`Census`.
 
     ``vnodes`` (an iterable of ints) limits it to those vnodes; every listed
     vnode then counts as 0 where it has no rows. ``bytes_mode`` is one of
     BYTES_MODES (default: "exact" when ``with_bytes`` else "none"; "sampled"
     falls back to "exact" with a vnode list, with ``breakdown``, and for
-    tables under SAMPLE_ROWS rows).
+    tables under SAMPLE_ROWS rows). Tables named in ``full_scan`` are read
+    with a (parallel) sequential scan instead of an index (see _execute).
     """
     if bytes_mode is None:
         bytes_mode = "exact" if with_bytes else "none"
@@ -235,8 +266,7 @@ def take(conn, shard, tables, vnodes=None, with_bytes=True, breakdown=False, byt
         sample = bytes_mode == "sampled" and census.vnodes is None and not breakdown and table.has_value
         t0 = time.monotonic()
         q, params = _query(table, census.vnodes, with_bytes and not sample, breakdown)
-        cur.execute(q, params)
-        rows = cur.fetchall()
+        rows = _execute(cur, q, params, table.name in full_scan)
         if sample:
             exact_rows = {r[0]: r[1] for r in rows}
             n = sum(exact_rows.values())

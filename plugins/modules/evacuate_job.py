@@ -115,6 +115,11 @@ options:
     description: Seconds after which a heartbeat is stale (storinfo's C(lag)); for the preflight.
     type: float
     default: 60
+  max_duration:
+    description:
+      - Time budget of the run about to start (V(3600), V(90m), V(8h)). Checked here, before any
+        change; the result gives RV(budget_seconds) and RV(deadline).
+    type: str
   run_id:
     description: An id for this run, recorded in the job's event log with O(state=present).
     type: str
@@ -253,6 +258,14 @@ lines:
   returned: when O(report=true) or O(metrics_file) is set
   type: list
   elements: str
+budget_seconds:
+  description: O(max_duration) in seconds (0 for none).
+  returned: always
+  type: float
+deadline:
+  description: When the run must end, seconds since the epoch (0 for none).
+  returned: always
+  type: float
 jobs:
   description: Progress of every job (O(all_jobs=true)).
   returned: when O(all_jobs=true)
@@ -265,7 +278,7 @@ metrics_changed:
 """
 
 import copy
-import uuid
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -363,6 +376,7 @@ def main():
         same_datacenter=dict(type="bool", default=False),
         rotation_lag=dict(type="float", default=60.0),
         run_id=dict(type="str"),
+        max_duration=dict(type="str"),
         report=dict(type="bool", default=False),
         rate_window=dict(type="float", default=600.0),
         metrics_file=dict(type="path"),
@@ -375,8 +389,11 @@ def main():
     if not 0 < p["max_fill_percent"] <= 100:
         module.fail_json(msg=f"max_fill_percent must be in (0, 100], got {p['max_fill_percent']}")
     ctx = C.Context(p)
-    result = dict(changed=False, created=False, retried=0, nodes=[])
+    result = dict(changed=False, created=False, retried=0, nodes=[], budget_seconds=0.0,
+                  deadline=0.0)
     try:
+        budget = C.parse_duration(p["max_duration"]) or 0.0
+        result.update(budget_seconds=budget, deadline=(time.time() + budget) if budget else 0.0)
         C.check_schema_name(p["job_schema"])
         throttle = check_throttle(p["throttle"])
         if p["all_jobs"]:

@@ -252,7 +252,6 @@ def main():
             def run_shard(shard):
                 w = M.ShardWriter(shard, lambda: ctx.shard_conn(shard, fresh=True), dest_dcs,
                                   batch_size=p["batch_size"], rate=rate)
-                t0 = time.monotonic()
                 try:
                     while True:
                         if p["deadline"] and time.time() >= p["deadline"]:
@@ -288,7 +287,6 @@ def main():
                     errors.append((shard, exc))
                 finally:
                     w.close()
-                    secs = time.monotonic() - t0
                     with lock:
                         md["conflicts"] += w.stats["conflicts"]
                         md["shards"][shard] = {

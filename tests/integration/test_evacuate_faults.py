@@ -10,7 +10,6 @@ metadata pointing only at verified copies:
 * a time budget (``max_duration``) ending a run cleanly, the next run finishing.
 """
 import glob
-import json
 import os
 import re
 import time
@@ -289,7 +288,7 @@ def test_write_between_read_and_conditional_update(lab, L):
     and the swap re-applied to the new value (never overwriting it)."""
     from manta_lab import rpc
     from ansible_collections.manta.ops.plugins.module_utils import evacuate_metadata as M
-    rep = seed(lab, 50)
+    seed(lab, 50)
     objs = L.objects()
     sid = "1.stor." + L.st["domain"]
     fake = "99.stor." + L.st["domain"]

@@ -29,7 +29,7 @@ def no_change_since(L, job, sid, before_objs):
 
 
 def test_bad_input_fails_before_any_change(lab, L, tmp_path):
-    rep = seed(lab, 50)
+    seed(lab, 50)
     objs = L.objects()
     sid = "3.stor." + L.st["domain"]
 
@@ -96,7 +96,7 @@ def test_bad_input_fails_before_any_change(lab, L, tmp_path):
 
 
 def test_check_mode_plans_and_estimates_without_changing_anything(lab, L, tmp_path):
-    rep = seed(lab, 300)
+    seed(lab, 300)
     sid = "3.stor." + L.st["domain"]
     objs = L.objects()
     files = {s: L.files(s) for s in L.nodes}
