@@ -323,13 +323,13 @@ class Copier:
     @staticmethod
     def _aggregate(failures):
         detail = "; ".join(f"{sid}: {reason}" + (f" ({d})" if d else "")
-                           for sid, _, reason, d in failures)[:500]
+                           for sid, dummy, reason, d in failures)[:500]
         if not failures:
             return Outcome(SKIPPED, "source_not_found", "no source listed")
-        if any(st == TRANSIENT for _, st, _, _ in failures):
-            reasons = [r for _, st, r, _ in failures if st == TRANSIENT]
+        if any(st == TRANSIENT for dummy, st, dummy, dummy in failures):
+            reasons = [r for dummy, st, r, dummy in failures if st == TRANSIENT]
             return Outcome(TRANSIENT, reasons[0], detail)
-        reasons = [r for _, _, r, _ in failures]
+        reasons = [r for dummy, dummy, r, dummy in failures]
         for r in ("md5_mismatch", "size_mismatch", "source_http_error"):
             if r in reasons:
                 return Outcome(SKIPPED, r, detail)

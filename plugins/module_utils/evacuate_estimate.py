@@ -80,8 +80,8 @@ def estimate(per_dest, per_shard_rows, throttle, measured=None, scan_seconds=0.0
     for d, (objs, nbytes) in per_dest.items():
         dest_times[d] = max(objs / obj_rate, nbytes / byte_rate if byte_rate else 0.0)
     copy = _lpt(list(dest_times.values()), forks)
-    tot_objs = sum(o for o, _ in per_dest.values())
-    tot_bytes = sum(b for _, b in per_dest.values())
+    tot_objs = sum(o for o, dummy in per_dest.values())
+    tot_bytes = sum(b for dummy, b in per_dest.values())
     agg_o = m.get("aggregate_objects_per_second")
     agg_b = m.get("aggregate_bytes_per_second")
     active = min(max(1, len(per_dest)), max(1, int(forks)))

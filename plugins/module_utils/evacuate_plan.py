@@ -180,11 +180,11 @@ class Planner:
         for snode, sdest, sstatus in (sib or []):
             if sdest and sstatus in ("assigned", "copied", "done"):
                 eff = [(self.node_dcs.get(sdest), sdest) if i == snode else (dc, i) for dc, i in eff]
-                if sdest not in [i for _, i in eff]:
+                if sdest not in [i for dummy, i in eff]:
                     eff.append((self.node_dcs.get(sdest), sdest))
         for snode, sdest in (planned_siblings or {}).items():
             eff = [(self.node_dcs.get(sdest), sdest) if i == snode else (dc, i) for dc, i in eff]
-        holders = {i for _, i in eff}
+        holders = {i for dummy, i in eff}
         held_dcs = {dc for dc, i in eff if i != node}
         all_dcs = set(self.heaps) | {d.dc for d in self.dests.values()}
         if self.same_dc:

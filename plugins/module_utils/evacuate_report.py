@@ -214,8 +214,9 @@ def write_textfile(path, text, check_mode=False):
             old = fh.read()
     except OSError:
         old = None
-    strip = lambda t: "\n".join(l for l in (t or "").splitlines()  # noqa: E731
-                                if not l.startswith("manta_evacuate_last_update_timestamp_seconds"))
+    def strip(t):
+        return "\n".join(l for l in (t or "").splitlines()
+                         if not l.startswith("manta_evacuate_last_update_timestamp_seconds"))
     changed = old is None or strip(old) != strip(text)
     if check_mode:
         return changed

@@ -28,8 +28,10 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.request
+import urllib.error
 from concurrent.futures import ThreadPoolExecutor
+
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_copy as EC
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_estimate as EE
@@ -41,8 +43,10 @@ DEFAULT_COPY_CONCURRENCY = 8
 
 def web_alive(url, timeout=3.0):
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/", timeout=timeout) as r:
+        with open_url(url.rstrip("/") + "/", timeout=timeout) as r:
             return r.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
     except Exception:  # noqa: BLE001 - anything = not serving
         return False
 

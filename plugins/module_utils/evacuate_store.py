@@ -40,7 +40,8 @@ JOB_STATES = ("active", "paused", "complete")
 
 
 def _ddl(s):
-    t = lambda n: sql.Identifier(s, n)  # noqa: E731
+    def t(n):
+        return sql.Identifier(s, n)
     return [
         sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(s)),
         sql.SQL("CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value text)").format(t("meta")),
@@ -385,7 +386,7 @@ class JobStore:
             cur.execute(self.q("SELECT dest, sum(size), min(copied_at) FROM {o} "
                                "WHERE status = 'assigned' AND dest IS NOT NULL GROUP BY dest",
                                o="objects"))
-            for dest, b, _ in cur.fetchall():
+            for dest, b, dummy in cur.fetchall():
                 out[dest] = out.get(dest, 0) + int(b or 0)
             cur.execute(self.q("SELECT dest, extract(epoch FROM copied_at)::float8, size FROM {o} "
                                "WHERE status IN ('copied', 'done') AND copied_at > now() - interval "
@@ -629,7 +630,7 @@ LIMIT %s
 def _copy_field(x):
     if x is None:
         return "\\N"
-    s = x if type(x) is str else str(x)
+    s = x if isinstance(x, str) else str(x)
     if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
         s = s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     return s

@@ -232,7 +232,7 @@ def main():
         md = {"done": 0, "already_swapped": 0, "conflicts": 0, "skipped": {}, "error": {},
               "refreshed": 0, "shards": {}}
         if module.check_mode or not p["apply"]:
-            md["would_update"] = {s: n for s, n in copied.items()}
+            md["would_update"] = dict(copied)
             if module.check_mode and recorded:
                 md["would_update"]["(after recording this round)"] = recorded.get("copied", 0)
         else:

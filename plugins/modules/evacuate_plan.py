@@ -247,7 +247,7 @@ report:
   description:
     - Check mode only. Objects and bytes per node and to move, skips and unplaceable copies by reason
       with example keys, each destination's fill before and after, updates per shard, the probe, and
-      RV(report.estimate) (seconds, with its scan, copy, metadata and overhead components).
+      the C(estimate) in RV(report) (seconds, with its scan, copy, metadata and overhead components).
   returned: check mode
   type: dict
 """

@@ -156,9 +156,9 @@ command:
 
 import shlex
 import time
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_common as C
 from ansible_collections.manta.ops.plugins.module_utils import storage_nodes as SN
@@ -268,9 +268,8 @@ def main():
         if want_out and p["storinfo_urls"]:
             flushed = []
             for u in p["storinfo_urls"]:
-                req = urllib.request.Request(u.rstrip("/") + "/flush", data=b"", method="POST")
                 try:
-                    with urllib.request.urlopen(req, timeout=10) as r:
+                    with open_url(u.rstrip("/") + "/flush", data=b"", method="POST", timeout=10) as r:
                         flushed.append({"url": u, "status": r.status})
                 except Exception as exc:  # noqa: BLE001
                     module.warn(f"storinfo flush {u} failed: {exc}")
