@@ -38,13 +38,21 @@ MANTA_COLUMNS = ["_key", "_value", "_etag", "_mtime", "_vnode",
 
 
 class ScratchPG:
-    """A primary (plus an optional synchronous standby) that we start and stop ourselves."""
+    """A primary (plus an optional synchronous standby) that we start and stop ourselves.
 
-    def __init__(self, port, standby_port=None, root=None, keep=False):
+    Ports are picked at random in 40000-40999 unless given; a port someone else
+    took between the pick and the bind is detected (our postmaster exits, or the
+    server answering is not ours: ``data_directory`` differs) and another port
+    is tried, so a test never talks to somebody else's server.
+    """
+
+    def __init__(self, port=None, standby_port=None, standby=False, root=None, keep=False):
         self.port = port
+        self.fixed_ports = port is not None
         self.standby_port = standby_port
+        self.want_standby = bool(standby or standby_port)
         self.keep = keep
-        self.root = Path(root or tempfile.mkdtemp(prefix=f"moray-scratch-{port}-", dir="/var/tmp"))
+        self.root = Path(root or tempfile.mkdtemp(prefix="moray-scratch-", dir="/var/tmp"))
         os.chmod(self.root, 0o755)
         self.procs = {}
 
@@ -55,39 +63,67 @@ class ScratchPG:
                                  overrides={"common": {"max_connections": 200}})
         return text
 
-    def _start(self, name, data):
-        log = open(self.root / f"{name}.log", "ab")
+    def _ours(self, port, data):
+        try:
+            rows = labpg.query(port, "SHOW data_directory")
+        except Exception:
+            return False
+        return bool(rows) and os.path.realpath(rows[0]["data_directory"]) == os.path.realpath(str(data))
+
+    def _start(self, name, data, port, timeout=60):
+        """Start postgres on ``data``; True once it answers on ``port``, False if the port was taken."""
+        logpath = self.root / f"{name}.log"
+        log = open(logpath, "ab")
         proc = subprocess.Popen([labpg.binary("postgres"), "-D", str(data)], stdout=log,
                                 stderr=subprocess.STDOUT, user=labpg.run_user(), cwd="/",
                                 start_new_session=True)
+        log.close()
         self.procs[name] = proc
-
-    def _wait(self, port, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if labpg.ping(port):
-                return
+            if proc.poll() is not None:
+                self.procs.pop(name, None)
+                text = logpath.read_text(errors="replace")
+                if "could not create any TCP/IP sockets" in text or "Address already in use" in text:
+                    return False
+                raise RuntimeError(f"scratch postgres {name} exited {proc.returncode}: {text[-800:]}")
+            if self._ours(port, data):
+                return True
             time.sleep(0.2)
-        raise RuntimeError(f"scratch postgres on {port} did not come up; see {self.root}")
+        raise RuntimeError(f"scratch postgres {name} on {port} did not come up; see {logpath}")
+
+    def _bring_up(self, name, data, conf_for_port):
+        for _ in range(8):
+            port = getattr(self, "port" if name == "primary" else "standby_port") if self.fixed_ports else None
+            port = port or free_port(exclude={self.port, self.standby_port})
+            labpg.configure(data, conf_for_port(port), standby=(name == "standby"))
+            if name == "standby":
+                labpg.chown(data, recursive=True)
+            if self._start(name, data, port):
+                return port
+            if self.fixed_ports:
+                break
+        raise RuntimeError(f"scratch postgres {name}: no free port (tried 40000-40999); see {self.root}")
 
     def start(self):
-        pdata = self.root / "primary"
-        log = self.root / "setup.log"
-        labpg.initdb(pdata, log)
-        labpg.setup_moray(pdata, log)
-        sync_name = "scratch-standby" if self.standby_port else None
-        labpg.configure(pdata, self._conf("primary", self.port, sync_name=sync_name), standby=False)
-        self._start("primary", pdata)
-        self._wait(self.port)
-        if self.standby_port:
-            sdata = self.root / "standby"
-            labpg.basebackup(sdata, self.port, log)
-            labpg.configure(sdata, self._conf("standby", self.standby_port, upstream=self.port,
-                                              app_name=sync_name), standby=True)
-            labpg.chown(sdata, recursive=True)
-            self._start("standby", sdata)
-            self._wait(self.standby_port)
-        return self
+        try:
+            pdata = self.root / "primary"
+            log = self.root / "setup.log"
+            labpg.initdb(pdata, log)
+            labpg.setup_moray(pdata, log)
+            sync_name = "scratch-standby" if self.want_standby else None
+            self.port = self._bring_up("primary", pdata,
+                                       lambda p: self._conf("primary", p, sync_name=sync_name))
+            if self.want_standby:
+                sdata = self.root / "standby"
+                labpg.basebackup(sdata, self.port, log)
+                self.standby_port = self._bring_up(
+                    "standby", sdata,
+                    lambda p: self._conf("standby", p, upstream=self.port, app_name=sync_name))
+            return self
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self):
         for name in ("standby", "primary"):
@@ -262,10 +298,12 @@ def vnode_rows(conn, table="manta"):
     return dict(cur.fetchall())
 
 
-def free_port(lo=40000, hi=40999):
+def free_port(lo=40000, hi=40999, exclude=()):
     import socket
     for _ in range(200):
         p = random.randint(lo, hi)
+        if p in exclude:
+            continue
         s = socket.socket()
         try:
             s.bind((HOST, p))
@@ -369,11 +407,7 @@ class LabShard:
 def scratch_env(port=None, standby=True):
     """A ScratchPG with the same helpers as LabShard (topology, pnode, make_moray_db)."""
     from ansible_collections.manta.ops.plugins.module_utils.fash.topology import Topology
-    port = port or free_port()
-    sport = free_port() if standby else None
-    while sport == port:
-        sport = free_port()
-    pg = ScratchPG(port, standby_port=sport).start()
+    pg = ScratchPG(port, standby=standby).start()
     topo = Topology.create(["tcp://1.moray.lab.manta.test:2020", "tcp://2.moray.lab.manta.test:2020"], 4096)
     pg.shard = "1.moray.lab.manta.test"
     pg.pnode = "tcp://1.moray.lab.manta.test:2020"

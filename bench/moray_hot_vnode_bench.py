@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moray_bench_common import ScratchPG, copy_database, free_port, machine, save_result, seed  # noqa: E402
+from moray_bench_common import ScratchPG, copy_database, machine, save_result, seed  # noqa: E402
 
 from ansible_collections.manta.ops.plugins.module_utils import moray_delete, moray_pg  # noqa: E402
 from ansible_collections.manta.ops.plugins.module_utils import throttle as th  # noqa: E402
@@ -39,7 +39,7 @@ def main():
     ap.add_argument("--hot", type=int, default=100000)
     ap.add_argument("--batch", type=int, default=1000)
     args = ap.parse_args()
-    pg = ScratchPG(free_port()).start()
+    pg = ScratchPG().start()
     try:
         topo = Topology.create(["tcp://1.m:2020", "tcp://2.m:2020"], 4096)
         admin = pg.connect("postgres")

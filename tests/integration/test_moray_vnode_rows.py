@@ -41,11 +41,7 @@ ROWS = 30000
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The scratch cluster, the old and new rings, and the seeded template database."""
-    port = free_port()
-    sport = free_port()
-    while sport == port:
-        sport = free_port()
-    pg = ScratchPG(port, standby_port=sport).start()
+    pg = ScratchPG(standby=True).start()
     try:
         old = Topology.create([P1, P2], 1024)
         admin = pg.connect("postgres")

@@ -70,7 +70,7 @@ def test_census_on_a_lab_shard_found_through_zookeeper(world):
     assert r["ownership"]["owned_vnodes"] == len(world["topo"].vnodes_of(moray_ring.pnode(world["s1"])))
 
 
-def test_ghost_rows_are_deleted_from_the_shard_that_no_longer_owns_them(world):
+def test_ghost_rows_are_deleted_from_the_shard_that_no_longer_owns_them(world, tmp_path):
     tag = str(uuid.uuid4())
     ghosts = world["ghosts"]
     plant(world["dsn1"], tag, ghosts)
@@ -79,7 +79,7 @@ def test_ghost_rows_are_deleted_from_the_shard_that_no_longer_owns_them(world):
     try:
         base = {"shard": world["s1"], "zk_servers": world["zk"], "owner_shard": world["s2"],
                 "owner_dsn": world["dsn2"], "ring": world["ring"], "vnodes": ghosts,
-                "progress_file": f"/var/tmp/manta-ops-test-{tag}.json"}
+                "progress_file": str(tmp_path / "progress.json")}
         r = run_module("moray_vnode_rows", base, check=True, diff=True)
         assert not r.get("failed"), r
         assert r["changed"] is True and r["owner_check"]["ok"] is True
