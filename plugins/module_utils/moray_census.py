@@ -101,8 +101,8 @@ def _sample_query(table, percent):
 
 def sampled_bytes(rows, sample):
     """{vnode: estimated bytes} from exact ``rows`` {v: n} and ``sample`` {v: (rows, bytes)}."""
-    sn = sum(n for n, _ in sample.values())
-    sb = sum(b for _, b in sample.values())
+    sn = sum(rows_b[0] for rows_b in sample.values())
+    sb = sum(rows_b[1] for rows_b in sample.values())
     mean = sb / float(sn) if sn else 0.0
     out = {}
     for v, n in rows.items():

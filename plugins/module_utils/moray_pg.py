@@ -158,7 +158,7 @@ def _from_zookeeper(shard, zk_servers, zk_timeout, what):
     from ansible_collections.manta.ops.plugins.module_utils.zk import Zk, ZkError
     try:
         with Zk(zk_servers, timeout=zk_timeout) as zk:
-            state, _ = manatee_state.load(zk, shard)
+            state = manatee_state.load(zk, shard)[0]
     except manatee_state.StateMissing:
         raise MorayPgError(f"unknown {what} {shard}: ZooKeeper {zk_servers} has no "
                            f"/manatee/{shard}/state; check the shard name (e.g. "
@@ -206,10 +206,10 @@ def connect(target, connect_timeout=DEFAULT_CONNECT_TIMEOUT,
 def identity(conn):
     """What the connection reached: server, database, system identifier, role in replication."""
     cur = conn.cursor()
-    cur.execute("SELECT current_database(), coalesce(host(inet_server_addr()), 'local'), "
-                "coalesce(inet_server_port(), 0), pg_is_in_recovery(), "
-                "(SELECT system_identifier::text FROM pg_control_system()), "
-                "current_setting('server_version_num')::int")
+    cur.execute(sql.SQL("SELECT current_database(), coalesce(host(inet_server_addr()), 'local'), "
+                        "coalesce(inet_server_port(), 0), pg_is_in_recovery(), "
+                        "(SELECT system_identifier::text FROM pg_control_system()), "
+                        "current_setting('server_version_num')::int"))
     db, host, port, recovery, sysid, version = cur.fetchone()
     return {"database": db, "server": f"{host}:{port}", "in_recovery": bool(recovery),
             "system_identifier": sysid, "server_version_num": version}

@@ -90,7 +90,7 @@ def _gain(e_over, e_under, x):
 
 
 def _refine(groups, targets):
-    for _ in range(_MAX_ROUNDS):
+    for dummy in range(_MAX_ROUNDS):
         dev = [g.load - t for g, t in zip(groups, targets)]
         o = max(range(len(groups)), key=lambda i: (dev[i], -i))
         u = min(range(len(groups)), key=lambda i: (dev[i], i))
@@ -140,7 +140,7 @@ def partition(weights, vnodes, fractions):
     vnodes = sorted(set(vnodes))
     total = sum(max(0, int(weights.get(v, 0))) for v in vnodes)
     targets = [f * total for f in fractions]
-    groups = [_Group() for _ in fractions]
+    groups = [_Group() for dummy in fractions]
     zero = []
     weighted = []
     for v in vnodes:
@@ -160,9 +160,9 @@ def partition(weights, vnodes, fractions):
     for grp in groups:
         grp.items.sort()
     _refine(groups, targets)
-    members = [[v for _, v in g.items] for g in groups]
+    members = [[wv[1] for wv in g.items] for g in groups]
     n = len(vnodes)
-    for _, v in zero:
+    for dummy, v in zero:
         g = max(range(len(groups)), key=lambda i: (fractions[i] * n - groups[i].count, -i))
         groups[g].count += 1
         members[g].append(v)

@@ -184,7 +184,9 @@ census:
       description: The shard counted.
       type: str
     tables:
-      description: Per table, its name, rows, bytes, bytes_method (V(exact), V(sampled <p>% of pages) or V(none)), vnodes holding rows, and the seconds its queries took.
+      description:
+        - Per table, its name, rows, bytes, bytes_method (V(exact), V(sampled <p>% of pages) or V(none)), vnodes
+          holding rows, and the seconds its queries took.
       type: list
       elements: dict
     rows:
