@@ -35,7 +35,7 @@ try:
     import psycopg2
     import psycopg2.errors
     import psycopg2.extras
-    from psycopg2 import sql  # noqa: F401  pylint: disable=unused-import  (re-exported)
+    from psycopg2 import sql  # noqa: F401  pylint: disable=unused-import
     HAS_PSYCOPG2 = True
 except ImportError:  # pragma: no cover - exercised by the sanity import test
     PSYCOPG2_IMP_ERR = traceback.format_exc()

@@ -214,6 +214,7 @@ def write_textfile(path, text, check_mode=False):
             old = fh.read()
     except OSError:
         old = None
+
     def strip(t):
         return "\n".join(l for l in (t or "").splitlines()
                          if not l.startswith("manta_evacuate_last_update_timestamp_seconds"))

@@ -79,7 +79,7 @@ PHASES = [
     ("pg_dump_unlock", "release this plan's hold on /pg_dump_lock (RFD 103 step 11)"),
     ("final_verify", "canaries through electric-moray, every moved row on exactly one shard, report"),
 ]
-PHASE_NAMES = [p for p, _ in PHASES]
+PHASE_NAMES = [p for p, dummy in PHASES]
 PHASE_DOC = dict(PHASES)
 # The phases that run while writes to the moving vnodes are blocked.
 WINDOW_PHASES = ["block_writes", "detach_peers", "establish_cluster", "reconfigure_peers",
@@ -320,7 +320,7 @@ def render_text(summ, locks=None):
              f"state {summ['state']}  vnodes moving {summ['vnodes_moving']}"]
     if summ.get("phase"):
         lines.append(f"current phase: {summ['phase']} ({summ['phase_number']}/{summ['phase_count']})"
-                     + (f"  [paused before it]" if summ.get("paused_before") else ""))
+                     + ("  [paused before it]" if summ.get("paused_before") else ""))
     elif summ.get("state") == "completed":
         lines.append(f"completed {summ.get('completed')} in {fmt_duration(summ.get('elapsed_seconds'))}")
     w = summ["window"]
@@ -394,7 +394,7 @@ def list_plans(zk):
     out = []
     for name in sorted(_retry(lambda: zk.children(PLANS))):
         try:
-            doc, _ = load(zk, name)
+            doc, dummy = load(zk, name)
         except JournalError:
             continue
         if doc:
@@ -427,7 +427,7 @@ def create(zk, doc):
 def update(zk, plan_id, mutate):
     """Compare-and-swap ``mutate(doc_copy) -> doc`` into the plan's znode. Returns the new doc."""
     path = plan_path(plan_id)
-    for _ in range(CAS_ATTEMPTS):
+    for dummy in range(CAS_ATTEMPTS):
         raw, stat = _retry(lambda: zk.get_or_none(path))
         if raw is None:
             raise JournalError(f"no reshard plan {plan_id} (expected znode {path})")
@@ -454,7 +454,7 @@ class Journal:
         self.zk = zk
         self.plan = plan_id
         self.check_mode = check_mode
-        self.doc, _ = load(zk, plan_id) if plan_id else (None, None)
+        self.doc, dummy = load(zk, plan_id) if plan_id else (None, None)
 
     @property
     def props(self):

@@ -135,7 +135,9 @@ def auto_servers(known, avoid=(), count=3):
         if s.get("datacenter") not in dcs:
             dcs.append(s.get("datacenter"))
     rank = {u: i for i, u in enumerate(avoid)}
-    key = (lambda s: (s["uuid"] in rank, s.get("hostname") or s["uuid"]))
+
+    def key(s):
+        return (s["uuid"] in rank, s.get("hostname") or s["uuid"])
     if len(dcs) >= count:
         out = []
         for dc in dcs[:count]:
@@ -230,7 +232,7 @@ def validate(inputs, facts):
     if resume:
         d["servers"] = (resume.get("inputs") or {}).get("servers") or []
         if inputs.get("servers"):
-            given, _ = check_servers(inputs["servers"], facts.get("servers"))
+            given, dummy = check_servers(inputs["servers"], facts.get("servers"))
             if [s["uuid"] for s in given] != [s["uuid"] for s in d["servers"]]:
                 errors.append(f"servers: plan {resume['plan']} is in progress on servers "
                               f"{', '.join(s['uuid'] for s in d['servers'])}; re-run with the same servers")
@@ -240,7 +242,7 @@ def validate(inputs, facts):
             errors.extend(serr)
         else:
             srv = auto_servers(facts.get("servers"), avoid=facts.get("old_servers") or [])
-            _, serr = check_servers([s["uuid"] for s in srv], facts.get("servers"))
+            dummy, serr = check_servers([s["uuid"] for s in srv], facts.get("servers"))
             errors.extend(f"{e} (chosen automatically; give servers=...)" for e in serr)
         d["servers"] = [{"uuid": s["uuid"], "hostname": s.get("hostname"),
                          "datacenter": s.get("datacenter")} for s in srv]
@@ -253,7 +255,7 @@ def validate(inputs, facts):
                       + ", ".join(f"{k}={v}" for k, v in sorted(versions.items()))
                       + "; every peer must run the same version before a reshard")
     allowed = inputs.get("pg_versions") or []
-    if distinct and allowed and distinct[0] not in allowed and str(distinct[0]).split(".")[0] not in allowed:
+    if distinct and allowed and distinct[0] not in allowed and str(distinct[0]).split(".", maxsplit=1)[0] not in allowed:
         errors.append(f"PostgreSQL {distinct[0]} on {shard} is not in pg_versions ({', '.join(allowed)})")
     d["pg_version"] = distinct[0] if distinct else None
 

@@ -29,7 +29,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
 import uuid as uuidlib
 
 STAMP = "manta_hash_ring_stamp.json"

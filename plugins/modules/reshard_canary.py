@@ -83,7 +83,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -125,7 +125,7 @@ from ansible_collections.manta.ops.plugins.module_utils.zk import (
 
 def canary_value(c, owner, plan, version):
     key = c["key"]
-    d, _, n = key.rpartition("/")
+    d, dummy, n = key.rpartition("/")
     return {"dirname": d, "key": key, "headers": {}, "mtime": int(time.time() * 1000), "name": n,
             "owner": owner, "roles": [], "type": "object", "contentLength": 0,
             "contentMD5": "1B2M2Y8AsgTpgAmY7PhCfg==", "contentType": "text/plain",
@@ -148,7 +148,7 @@ def retry(fn, timeout, transient=("ConnectionError", "NoDatabaseError", "NoDatab
 def rows_on(zk, shard, keys, pg_opts):
     """{key: etag} of the canary rows on the shard's primary (direct read)."""
     try:
-        st, _ = ms.load(zk, shard)
+        st, dummy = ms.load(zk, shard)
     except ms.StateMissing:
         return None
     conn = rc.pg_connect(st["primary"]["pgUrl"], **pg_opts)
@@ -185,7 +185,7 @@ def main():
             j = rj.Journal(zk, p["plan"], check_mode=module.check_mode)
             etags = dict(j.props.get("canary_etags") or {})
             if p["state"] == "present":
-                st, _ = ms.load(zk, p["shard"])
+                st, dummy = ms.load(zk, p["shard"])
                 conn = rc.pg_connect(st["primary"]["pgUrl"], **pg_opts)
                 try:
                     with conn.cursor() as cur:

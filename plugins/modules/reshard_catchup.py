@@ -58,7 +58,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -159,7 +159,7 @@ def main():
                     ok, why = mf.healthy_async(e)
                     row["healthy_async"] = ok
                     row["why"] = why
-                    peer = next((x for _, _, x in ms.peers(state) if x["zoneId"] == z), None) if state else None
+                    peer = next((x for dummy, dummy, x in ms.peers(state) if x["zoneId"] == z), None) if state else None
                     rs = restore_of((peer or {}).get("backupUrl"))
                     if rs:
                         row["restore"] = {k: rs.get(k) for k in ("uuid", "size", "completed", "done")}

@@ -120,7 +120,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -226,7 +226,7 @@ def main():
             co = rco.Cutover(zk, j, p, sapi=sapi, vmapi=vmapi, check_mode=module.check_mode)
             if not module.check_mode:
                 res["timings"]["worker_lock_wait"] = round(co.worker_lock(p["timeout"] * 4), 3)
-                j.doc, _ = rj.load(zk, p["plan"])          # fresh, after the lock
+                j.doc, dummy = rj.load(zk, p["plan"])          # fresh, after the lock
             wt = p.get("wait_transitional") or {}
             if wt and not module.check_mode and not j.done("block_writes"):
                 t0 = time.monotonic()

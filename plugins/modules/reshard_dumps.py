@@ -40,7 +40,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -99,7 +99,7 @@ def main():
             while True:
                 found = []
                 for shard in p["shards"]:
-                    st, _ = ms.load(zk, shard)
+                    st, dummy = ms.load(zk, shard)
                     for role, _i, peer in ms.peers(st):
                         if role == "deposed":
                             continue

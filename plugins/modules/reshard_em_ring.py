@@ -71,7 +71,7 @@ options:
   only_from:
     description:
       - Swap only a ring stamped with one of these images. A ring stamped with O(superseded_by) is left alone
-        (RV(superseded)); any other stamp fails the task. This keeps a late transitional-ring task from ever
+        (the result then has C(superseded=true)); any other stamp fails the task. This keeps a late transitional-ring task from ever
         replacing the final ring.
     type: list
     elements: str
@@ -117,7 +117,7 @@ attributes:
     platforms: posix
 requirements: [plyvel, requests]
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""

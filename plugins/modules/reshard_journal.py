@@ -58,7 +58,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -154,7 +154,7 @@ def main():
                 module.exit_json(**result)
             if act == "status":
                 if p["plan"]:
-                    doc, _ = rj.load(zk, p["plan"])
+                    doc, dummy = rj.load(zk, p["plan"])
                 else:
                     doc = pick_plan(rj.list_plans(zk), p["shard"])
                 if doc is None:
@@ -166,7 +166,7 @@ def main():
                               done_phases=rj.done_phases(doc))
                 module.exit_json(**result)
 
-            doc, _ = rj.load(zk, p["plan"])
+            doc, dummy = rj.load(zk, p["plan"])
             if doc is None:
                 if module.check_mode:
                     # a rehearsal of a plan that does not exist yet: nothing to record

@@ -116,7 +116,7 @@ attributes:
     platforms: posix
 requirements: [kazoo, psycopg2, requests, plyvel]
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -161,9 +161,6 @@ errors:
   elements: str
 """
 
-import os
-import shutil
-import tempfile
 import time
 import traceback
 
@@ -277,7 +274,7 @@ class Planner:
             f["other_plans"] = [{"plan": a["plan"], "shard": a.get("shard"), "new_shard": a.get("new_shard"),
                                  "phase": a.get("phase")} for a in active if a not in mine]
             if p.get("plan") and not mine:
-                doc, _ = rj.load(self.zk, p["plan"])
+                doc, dummy = rj.load(self.zk, p["plan"])
                 if doc is not None and doc.get("state") == "active":
                     self.err(f"plan {p['plan']} exists for {doc.get('shard')} -> {doc.get('new_shard')}, "
                              f"not {shard} -> {new_shard}")
@@ -406,7 +403,7 @@ class Planner:
         if self.zk is not None:
             from ansible_collections.manta.ops.plugins.module_utils import manatee_state as ms
             try:
-                self.state, _ = ms.load(self.zk, shard)
+                self.state, dummy = ms.load(self.zk, shard)
             except ms.ManateeError as exc:
                 self.err(f"shard {shard!r}: {exc}")
         if self.state:
@@ -512,7 +509,7 @@ class Planner:
                          + ", ".join(s.get("hostname") or s["uuid"] for s in d["servers"]))
             if not self.m.check_mode:
                 try:
-                    doc, _ = rj.create(self.zk, doc)
+                    doc, dummy = rj.create(self.zk, doc)
                 except (rj.JournalError, ZkError) as exc:
                     self.close()
                     self.m.fail_json(msg=f"cannot create the plan in the journal: {exc}", **result)
@@ -575,7 +572,7 @@ class Planner:
         new_md = {"SERVICE_NAME": f["new_shard"], "SHARD": f["new_short"],
                   "MANATEE_SHARD_PATH": f"/manatee/{f['new_shard']}"}
         servers = (f.get("resume") or {}).get("inputs", {}).get("servers") or \
-            [s for s in rp.auto_servers(f.get("servers"), f.get("old_servers") or [])]
+            list(rp.auto_servers(f.get("servers"), f.get("old_servers") or []))
         creates = []
         for role, s in zip(rc.ROLES, servers):
             creates.append(f"postgres peer (new {role}) on {s.get('hostname') or s['uuid']} "

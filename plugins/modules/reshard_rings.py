@@ -70,7 +70,7 @@ attributes:
     platforms: posix
 requirements: [plyvel, requests]
 author:
-  - manta.ops developers
+  - manta.ops developers (@manta-ops)
 """
 
 EXAMPLES = r"""
@@ -112,8 +112,6 @@ seconds:
 """
 
 import os
-import shutil
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -168,7 +166,7 @@ def main():
                 module.fail_json(msg=f"IMGAPI has {len(active)} active {role} ring images for plan {p['plan']} "
                                      f"({', '.join(i['uuid'] for i in active)}); delete the extra ones", **res)
             if active:
-                got, _ = rp.load_ring_image(imgapi, active[0]["uuid"], p["workdir"])
+                got, dummy = rp.load_ring_image(imgapi, active[0]["uuid"], p["workdir"])
                 if got != topo:
                     module.fail_json(msg=f"image {active[0]['uuid']} is tagged as the {role} ring of plan "
                                          f"{p['plan']} but describes another ring; delete it and re-run", **res)
