@@ -1,14 +1,12 @@
 """Shared fixtures. `lab` brings up one whole lab for the test session.
 
 The lab lives in a fresh directory under /var/tmp (the postgres user must be
-able to reach it) on base port $LAB_TEST_BASE_PORT (default 26000), and is
+able to reach it) on base port $LAB_TEST_BASE_PORT (default: the first free block, see labhandle.py), and is
 brought down, by pid, at the end. Set LAB_TEST_HOME to reuse a running lab
 (it is then left up).
 """
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -16,54 +14,9 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-sys.path.insert(0, str(TESTS))  # modrun
-LAB = [sys.executable, "-m", "manta_lab.cli"]
+sys.path.insert(0, str(TESTS))  # modrun, labhandle
 
-
-class LabHandle:
-    def __init__(self, home):
-        self.home = home
-
-    def run(self, *args, check=True, timeout=600):
-        proc = subprocess.run([*LAB, "--home", self.home, *map(str, args)],
-                              capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"lab {' '.join(map(str, args))} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    @property
-    def status(self):
-        return json.loads(self.run("status", "--json").stdout)
-
-    @property
-    def cfg(self):
-        from manta_lab import config
-        return config.load(self.home)
-
-    def env(self):
-        """Environment a module/playbook run needs to reach this lab."""
-        st = self.status
-        return {"LAB_HOME": self.home,
-                "MANTA_ZK_SERVERS": st["zookeeper"]["connect"],
-                "MANTA_SAPI_URL": st["apis"]["sapi"],
-                "MANTA_IMGAPI_URL": st["apis"]["imgapi"],
-                "MANTA_VMAPI_URL": st["apis"]["vmapi"]}
-
-
-def _free_base_port():
-    """A base port whose whole block (fixed + dynamic ports) is free, so test
-    sessions running side by side do not collide."""
-    from manta_lab import config
-    # Below the kernel's ephemeral range (32768+), where client sockets would
-    # take our ports at random; 24000 is the default lab's block.
-    for base in (12000, 15000, 18000, 21000, 27000):
-        probe = [base + o for o in (0, 10, 11, 12, 101, 102, 151, 152, 301, 302, 303, 304)]
-        probe += list(range(base + 1000, base + 1040))
-        if all(config.port_free(p) for p in probe):
-            return base
-    raise RuntimeError("no free base port block below 30000")
+from labhandle import LabHandle, _free_base_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,7 @@ def private_lab(prefix="manta-lab-coll-"):
     """A lab of its own, up for the duration of the block, brought down by pid after.
     LAB_TEST_HOME reuses a running lab instead (left up), as the session fixture does."""
     sys.path.insert(0, str(REPO / "tests"))
-    import conftest  # the session fixture's handle and free-port finder
+    import labhandle as conftest  # the session fixture's handle and free-port finder
     reuse = os.environ.get("LAB_COLLECTION_TEST_HOME")
     if reuse:
         yield conftest.LabHandle(reuse)

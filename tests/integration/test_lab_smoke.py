@@ -9,7 +9,7 @@ import psycopg2
 import requests
 from kazoo.client import KazooClient
 
-from conftest import LAB, REPO
+from labhandle import LAB, REPO
 
 
 def test_status_lists_every_endpoint(lab):

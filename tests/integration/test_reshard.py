@@ -29,7 +29,7 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
-from conftest import LabHandle, _free_base_port  # noqa: E402
+from labhandle import LabHandle, _free_base_port  # noqa: E402
 
 ANSIBLE = str(REPO / ".venv" / "bin" / "ansible-playbook")
 RESHARD = str(REPO / "playbooks" / "reshard.yml")
