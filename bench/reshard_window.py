@@ -67,7 +67,7 @@ def journal(zk_connect):
 
 def free_base(preferred):
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import _free_base_port
+    from labhandle import _free_base_port
     return int(preferred) if preferred else _free_base_port()
 
 
