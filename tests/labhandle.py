@@ -47,8 +47,9 @@ def _free_base_port():
     sessions running side by side do not collide."""
     from manta_lab import config
     # Below the kernel's ephemeral range (32768+), where client sockets would
-    # take our ports at random; 24000 is the default lab's block.
-    for base in (12000, 15000, 18000, 21000, 27000):
+    # take our ports at random; 24000 is the default lab's block. The low
+    # blocks come last: they hold well-known ports (5432, 8080) more often.
+    for base in (12000, 15000, 18000, 21000, 27000, 3000, 6000, 9000):
         probe = [base + o for o in (0, 10, 11, 12, 101, 102, 151, 152, 301, 302, 303, 304)]
         probe += list(range(base + 1000, base + 1040))
         if all(config.port_free(p) for p in probe):
