@@ -141,7 +141,7 @@ fi
 # --- node-fash oracle (interop tests and benchmarks) ------------------------
 if [ "$want_oracle" = 1 ]; then
   ORACLE="$VENV/fash-oracle"
-  SRC="$ROOT/../shared/oracles/fash"
+  SRC="$ROOT/tests/oracle/fash"   # our manifest: node-fash 3.0.1 from the registry
   if [ -f "$SRC/package.json" ] && command -v npm >/dev/null; then
     if [ ! -x "$ORACLE/node_modules/.bin/fash" ] || ! cmp -s "$SRC/package.json" "$ORACLE/package.json"; then
       say "installing node-fash oracle from the npm registry"
@@ -150,6 +150,6 @@ if [ "$want_oracle" = 1 ]; then
       (cd "$ORACLE" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
     fi
   else
-    say "warning: node-fash oracle not installed (need ../shared/oracles/fash and npm)"
+    say "warning: node-fash oracle not installed (need npm)"
   fi
 fi

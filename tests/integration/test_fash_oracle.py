@@ -1,4 +1,4 @@
-"""Interop with the real node-fash 3.0.1 (installed from npm by scripts/setup.sh from ../shared/oracles/fash).
+"""Interop with the real node-fash 3.0.1 (installed from npm by scripts/setup.sh from tests/oracle/fash/package.json).
 
 The same command sequence runs on node-fash's ``fash`` and on ``manta-fash``;
 after every step the two LevelDB rings are dumped with plyvel and compared key

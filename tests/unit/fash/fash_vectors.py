@@ -7,7 +7,9 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-VECTORS = pathlib.Path(os.environ.get("MANTA_SHARED", ROOT.parent / "shared")) / "vectors"
+# The project's shared folder sits beside the clone; /work/shared when the clone lives elsewhere.
+_SHARED = [pathlib.Path(p) for p in (os.environ.get("MANTA_SHARED"), ROOT.parent / "shared", "/work/shared") if p]
+VECTORS = next((p / "vectors" for p in _SHARED if (p / "vectors").is_dir()), _SHARED[0] / "vectors")
 
 P1 = "tcp://1.moray.example.com:2020"
 P2 = "tcp://2.moray.example.com:2020"
