@@ -52,6 +52,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import hashlib
+import json
 import math
 import os
 import socket
@@ -571,32 +572,91 @@ class Deleter:
 # ---- the whole operation --------------------------------------------------------------------
 
 class ProgressLock:
-    """An exclusive lock next to the progress file, so two runs never share one."""
+    """An exclusive lock next to the progress file (``<progress_file>.lock``), so two runs
+    never share one.
 
-    def __init__(self, path):
+    The holder writes who it is into the lock file (pid, host, time, ``holder``
+    details) so that a run that cannot take the lock names it. ``wait`` seconds
+    (0: fail at once) are spent polling for the holder to finish; ``waited``
+    says how long it took.
+    """
+
+    POLL = 0.25
+
+    def __init__(self, path, wait=0.0, holder=None):
         self.path = path + ".lock" if path else None
+        self.wait = float(wait or 0)
+        self.holder = dict(holder or {})
         self.fh = None
+        self.waited = 0.0
+
+    def _try(self):
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
 
     def __enter__(self):
         if not self.path:
             return self
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
-        self.fh = open(self.path, "a")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.close()
-            self.fh = None
-            raise DeleteError(f"another run holds {self.path}: a delete for this progress file is "
-                              "already running (watch its progress file); wait for it or give "
-                              "another progress_file") from None
+        self.fh = open(self.path, "a+")
+        start = time.monotonic()
+        deadline = start + max(0.0, self.wait)
+        while not self._try():
+            if time.monotonic() >= deadline:
+                self.waited = _seconds(start)
+                self.fh.close()
+                self.fh = None
+                raise DeleteError(self._held_msg())
+            time.sleep(min(self.POLL, max(0.0, deadline - time.monotonic())))
+        self.waited = _seconds(start)
+        doc = dict(self.holder, pid=os.getpid(), host=socket.gethostname(), since=progress.utc_now())
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(json.dumps(doc, sort_keys=True) + "\n")
+        self.fh.flush()
         return self
+
+    def _held_msg(self):
+        who = describe_lock_holder(self.path)
+        waited = (f"; waited {self.waited:.1f}s (lock_wait {self.wait:g}s) for it to finish"
+                  if self.wait > 0 else "")
+        return (f"another run holds {self.path}: a delete for this progress file is already "
+                f"running ({who}){waited}. Watch its progress file "
+                f"{self.path[:-len('.lock')]}, wait for it (lock_wait: seconds), or give "
+                "another progress_file")
 
     def __exit__(self, *exc):
         if self.fh is not None:
+            try:
+                self.fh.truncate(0)  # free again: the file names no holder
+            except OSError:
+                pass
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()
+            self.fh = None
+
+
+def describe_lock_holder(lock_path):
+    """Who holds a progress lock, from what the holder wrote into the lock file."""
+    try:
+        with open(lock_path, "r", encoding="utf-8") as fh:
+            doc = json.loads(fh.read() or "null")
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or "pid" not in doc:
+        return "holder unknown: the lock file names none"
+    bits = [f"pid {doc['pid']} on {doc.get('host', '?')}"]
+    if doc.get("shard"):
+        bits.append(f"shard {doc['shard']}")
+    if doc.get("vnode_count") is not None:
+        bits.append(f"{doc['vnode_count']} vnodes")
+    if doc.get("since"):
+        bits.append(f"since {doc['since']}")
+    return "held by " + ", ".join(bits)
 
 
 def leftovers(census):
@@ -628,14 +688,34 @@ def _seconds(t0):
 def delete_vnode_rows(shard, target, vnodes, tables=None, owner_shard=None, owner_target=None,
                       owner_min_ratio=1.0, force=False, throttle=None, strategy="auto",
                       progress_path=None, check_mode=False, connect_timeout=10,
-                      statement_timeout=600.0, progress_interval=1.0, warn=None):
-    """The whole operation: discover, count, check the owner, delete, verify.
+                      statement_timeout=600.0, progress_interval=1.0, warn=None, lock_wait=0.0):
+    """The whole operation: lock the progress file, discover, count, check the owner, delete, verify.
+
+    The progress file's lock is taken first (not in check mode), waiting up to
+    ``lock_wait`` seconds for another run that holds it, so that everything
+    after it (the census in particular) sees the shard as that run left it.
 
     Returns the module result (without ``changed``/``diff``). Raises
     MorayPgError, TableError, OwnerCheckError, ResumeError, DeleteError or
     VerifyError; every error raised before the first DELETE leaves the shard
     untouched.
     """
+    holder = {"shard": shard, "owner_shard": owner_shard, "vnode_count": len(set(vnodes))}
+    lock = ProgressLock(None if check_mode else progress_path, wait=lock_wait, holder=holder)
+    with lock:
+        result = _delete_vnode_rows(
+            shard, target, vnodes, tables=tables, owner_shard=owner_shard,
+            owner_target=owner_target, owner_min_ratio=owner_min_ratio, force=force,
+            throttle=throttle, strategy=strategy, progress_path=progress_path,
+            check_mode=check_mode, connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout, progress_interval=progress_interval, warn=warn)
+    result["seconds"]["lock_wait"] = lock.waited
+    return result
+
+
+def _delete_vnode_rows(shard, target, vnodes, tables, owner_shard, owner_target, owner_min_ratio,
+                       force, throttle, strategy, progress_path, check_mode, connect_timeout,
+                       statement_timeout, progress_interval, warn):
     from ansible_collections.manta.ops.plugins.module_utils import moray_owner_check, moray_tables
     warn = warn or (lambda msg: None)
     t_all = time.monotonic()
@@ -708,75 +788,73 @@ def delete_vnode_rows(shard, target, vnodes, tables=None, owner_shard=None, owne
                   "owner_shard": owner_shard, "database": ident, "vnodes": ranges(vnodes),
                   "vnode_count": len(vnodes), "tables_requested": sorted(tables or []),
                   "started": progress.utc_now()}
-        lock = ProgressLock(None if check_mode else progress_path)
-        with lock:
-            state = progress.read_json(progress_path) if progress_path else None
-            resumed = False
-            if state is not None:
-                if state.get("shard") not in (None, shard):
-                    raise ResumeError(f"progress file {progress_path} belongs to shard "
-                                      f"{state.get('shard')}, not {shard}; give another progress_file")
-                if state.get("run") == key and state.get("status") not in ("done", None):
-                    resumed = True
-                    header["started"] = state.get("started") or header["started"]
-                    header["attempts"] = int(state.get("attempts") or 1) + 1
-                else:
-                    state = None
-            deleter = Deleter(target, shard, order, vnodes, throttle, connect_timeout=connect_timeout,
-                              statement_timeout=statement_timeout, strategy=strategy,
-                              progress_path=None if check_mode else progress_path,
-                              state=state, progress_interval=progress_interval, header=header)
+        state = progress.read_json(progress_path) if progress_path else None
+        resumed = False
+        if state is not None:
+            if state.get("shard") not in (None, shard):
+                raise ResumeError(f"progress file {progress_path} belongs to shard "
+                                  f"{state.get('shard')}, not {shard}; give another progress_file")
+            if state.get("run") == key and state.get("status") not in ("done", None):
+                resumed = True
+                header["started"] = state.get("started") or header["started"]
+                header["attempts"] = int(state.get("attempts") or 1) + 1
+            else:
+                state = None
+        deleter = Deleter(target, shard, order, vnodes, throttle, connect_timeout=connect_timeout,
+                          statement_timeout=statement_timeout, strategy=strategy,
+                          progress_path=None if check_mode else progress_path,
+                          state=state, progress_interval=progress_interval, header=header)
+        if resumed:
+            deleter.check_reappeared(before)
+        result["resumed"] = resumed
+        result["skipped_done"] = sum(len(v) for v in deleter.done.values()) if resumed else 0
+
+        if check_mode:
+            result["would_delete"] = before.counts_map()
+            result["rows_after"] = {t.name: {} for t in order}
+            result["throttle"] = throttle.settings
+            result["strategy"] = {t.name: (choose_strategy(strategy, t, before.table_rows(t.name))
+                                           if before.table_rows(t.name) else None) for t in order}
+            secs["total"] = _seconds(t_all)
+            return result
+
+        if before.total_rows == 0:
+            secs["delete"] = secs["verify"] = 0.0
             if resumed:
-                deleter.check_reappeared(before)
-            result["resumed"] = resumed
-            result["skipped_done"] = sum(len(v) for v in deleter.done.values()) if resumed else 0
-
-            if check_mode:
-                result["would_delete"] = before.counts_map()
-                result["rows_after"] = {t.name: {} for t in order}
-                result["throttle"] = throttle.settings
-                result["strategy"] = {t.name: (choose_strategy(strategy, t, before.table_rows(t.name))
-                                               if before.table_rows(t.name) else None) for t in order}
-                secs["total"] = _seconds(t_all)
-                return result
-
-            if before.total_rows == 0:
-                secs["delete"] = secs["verify"] = 0.0
-                if resumed:
-                    deleter.meter = progress.RateMeter(total=0)
-                    deleter.status = "done"
-                    deleter.phase = "verified"
-                    deleter.write_progress(force=True)
-                result.update(deleted={t.name: 0 for t in order}, rows_deleted=0, verified=True,
-                              rows_after=before.counts_map(), strategy={t.name: None for t in order},
-                              throttle=throttle.settings, throttle_error=throttle.error)
-                secs["total"] = _seconds(t_all)
-                return result
-
-            t0 = time.monotonic()
-            deleted = deleter.run(before)
-            secs["delete"] = _seconds(t0)
-            deleter.status = "verifying"
-            deleter.phase = "verifying"
-            deleter.write_progress(force=True)
-            t0 = time.monotonic()
-            try:
-                # a fresh connection: the first one sat idle through a possibly long delete
-                moray_pg.close_quietly(conn)
-                conn = moray_pg.connect(target, connect_timeout, statement_timeout)
-                with step(f"verifying shard {shard}", statement_timeout):
-                    after = verify(conn, shard, order, vnodes,
-                                   full_scan={t for t, st in deleter.strategies.items() if st == "id_range"})
-            except (VerifyError, moray_pg.MorayPgError) as exc:
-                deleter.status = "failed"
-                deleter.error = str(exc)
+                deleter.meter = progress.RateMeter(total=0)
+                deleter.status = "done"
+                deleter.phase = "verified"
                 deleter.write_progress(force=True)
-                raise
-            secs["verify"] = _seconds(t0)
-            deleter.status = "done"
-            deleter.phase = "verified"
-            snap = deleter.meter.snapshot()
+            result.update(deleted={t.name: 0 for t in order}, rows_deleted=0, verified=True,
+                          rows_after=before.counts_map(), strategy={t.name: None for t in order},
+                          throttle=throttle.settings, throttle_error=throttle.error)
+            secs["total"] = _seconds(t_all)
+            return result
+
+        t0 = time.monotonic()
+        deleted = deleter.run(before)
+        secs["delete"] = _seconds(t0)
+        deleter.status = "verifying"
+        deleter.phase = "verifying"
+        deleter.write_progress(force=True)
+        t0 = time.monotonic()
+        try:
+            # a fresh connection: the first one sat idle through a possibly long delete
+            moray_pg.close_quietly(conn)
+            conn = moray_pg.connect(target, connect_timeout, statement_timeout)
+            with step(f"verifying shard {shard}", statement_timeout):
+                after = verify(conn, shard, order, vnodes,
+                               full_scan={t for t, st in deleter.strategies.items() if st == "id_range"})
+        except (VerifyError, moray_pg.MorayPgError) as exc:
+            deleter.status = "failed"
+            deleter.error = str(exc)
             deleter.write_progress(force=True)
+            raise
+        secs["verify"] = _seconds(t0)
+        deleter.status = "done"
+        deleter.phase = "verified"
+        snap = deleter.meter.snapshot()
+        deleter.write_progress(force=True)
         result.update(
             deleted=deleted,
             rows_deleted=sum(deleted.values()),

@@ -27,6 +27,8 @@ import os
 import re
 import traceback
 
+from ansible.module_utils.basic import missing_required_lib
+
 PSYCOPG2_IMP_ERR = None
 try:
     import psycopg2
@@ -47,6 +49,12 @@ DEFAULT_DATABASE = "moray"
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_STATEMENT_TIMEOUT = 600.0
 APPLICATION_NAME = "manta.ops moray_vnode_rows"
+
+
+def require_psycopg2(module):
+    """fail_json (the module's) when psycopg2 is missing, with the import traceback."""
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMP_ERR)
 
 
 class MorayPgError(Exception):

@@ -186,27 +186,20 @@ class SapiClient(ApiClient):
     def get_object_or_none(self, kind, uuid):
         return self.get_or_none(self.path(kind, uuid))
 
-    def list_applications(self, name=None, owner_uuid=None):
+    def _list(self, path, **filters):
+        """GET a collection, master objects included, with the filters that are set."""
         params = {"include_master": "true"}
-        if name:
-            params["name"] = name
-        if owner_uuid:
-            params["owner_uuid"] = owner_uuid
-        return self.get_list("/applications", params=params)
+        params.update({k: v for k, v in filters.items() if v})
+        return self.get_list(path, params=params)
+
+    def list_applications(self, name=None, owner_uuid=None):
+        return self._list("/applications", name=name, owner_uuid=owner_uuid)
 
     def list_services(self, name=None, application_uuid=None):
-        params = {"include_master": "true"}
-        if name:
-            params["name"] = name
-        if application_uuid:
-            params["application_uuid"] = application_uuid
-        return self.get_list("/services", params=params)
+        return self._list("/services", name=name, application_uuid=application_uuid)
 
     def list_instances(self, service_uuid=None):
-        params = {"include_master": "true"}
-        if service_uuid:
-            params["service_uuid"] = service_uuid
-        return self.get_list("/instances", params=params)
+        return self._list("/instances", service_uuid=service_uuid)
 
     def find_application(self, ident):
         """An application by uuid or name; None when absent. More than one

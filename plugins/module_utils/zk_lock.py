@@ -200,12 +200,18 @@ def _break_record(path, owner, reason, view, host):
             "host": host or default_host(), "previous": public(view)}
 
 
-def _write_break(zk, tx, record):
-    tx.create(BREAK_LOG + "/break-", _encode(record), sequence=True)
-
-
-def _ensure_break_log(zk):
+def _commit_break(zk, path, record, change):
+    """One transaction: ``change(tx)`` on the lock node plus the break record under BREAK_LOG.
+    False when the compare-and-swap lost (the caller re-reads and decides again)."""
     zk.ensure_path(BREAK_LOG)
+    tx = zk.transaction()
+    change(tx)
+    tx.create(BREAK_LOG + "/break-", _encode(record), sequence=True)
+    try:
+        zk.commit(tx, f"break lock {path}")
+    except (BadVersionError, NoNodeError):
+        return False
+    return True
 
 
 def acquire(zk, path, mode, owner, purpose=None, host=None, plan=None,
@@ -252,13 +258,8 @@ def acquire(zk, path, mode, owner, purpose=None, host=None, plan=None,
             after = decode(_encode(doc), None, path)
             if check_mode:
                 return _result(True, before, after, record)
-            _ensure_break_log(zk)
-            tx = zk.transaction()
-            tx.set_data(path, _encode(doc), version=stat.version)
-            _write_break(zk, tx, record)
-            try:
-                zk.commit(tx, f"break lock {path}")
-            except (BadVersionError, NoNodeError):
+            if not _commit_break(zk, path, record, lambda tx: tx.set_data(path, _encode(doc),
+                                                                          version=stat.version)):
                 continue
             return _result(True, before, read(zk, path), record)
 
@@ -327,13 +328,7 @@ def release(zk, path, mode, owner, force=False, force_reason=None, host=None, ch
         record = _break_record(path, owner, force_reason, before, host)
         if check_mode:
             return _result(True, before, free, record)
-        _ensure_break_log(zk)
-        tx = zk.transaction()
-        tx.delete(path, version=stat.version)
-        _write_break(zk, tx, record)
-        try:
-            zk.commit(tx, f"break lock {path}")
-        except (BadVersionError, NoNodeError):
+        if not _commit_break(zk, path, record, lambda tx: tx.delete(path, version=stat.version)):
             continue
         return _result(True, before, read(zk, path), record)
     raise ZkError(f"lock {path}: lost the compare-and-swap race {MAX_ATTEMPTS} times in a row; "

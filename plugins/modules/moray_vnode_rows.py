@@ -181,8 +181,18 @@ options:
     description:
       - JSON file rewritten atomically with the job's progress and its resume markers.
       - The default is C(/var/tmp/manta.ops/moray_vnode_rows/<shard>.json).
-      - A lock file C(<progress_file>.lock) stops two runs from sharing one progress file.
+      - A lock file C(<progress_file>.lock) stops two runs from sharing one progress file. It
+        names its holder (pid, host, shard, start time) while a run holds it.
     type: path
+  lock_wait:
+    description:
+      - Seconds to wait for another run that holds the lock of O(progress_file) to finish.
+      - V(0) fails at once, naming the holder. After a wait the rows are counted afresh, so a
+        run that waited for an identical one finds nothing left to delete and changes nothing.
+      - When the wait times out, the task fails naming the holder and how long it waited.
+      - Not used in check mode, which takes no lock.
+    type: float
+    default: 0
   progress_interval:
     description: Seconds between progress file updates.
     type: float
@@ -330,7 +340,8 @@ skipped_done:
   returned: always
   type: int
 seconds:
-  description: Time spent in census, owner_check, delete, verify and total.
+  description: Time spent in census, owner_check, delete, verify and total, and waiting for the
+    progress file's lock (lock_wait).
   returned: always
   type: dict
 leftovers:
@@ -344,7 +355,7 @@ import os
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.manta.ops.plugins.module_utils import moray_pg
 from ansible_collections.manta.ops.plugins.module_utils import moray_ring
@@ -374,6 +385,7 @@ def argument_spec():
         throttle_file=dict(type="path"),
         progress_file=dict(type="path"),
         progress_interval=dict(type="float", default=1.0),
+        lock_wait=dict(type="float", default=0.0),
     )
     return spec
 
@@ -396,8 +408,7 @@ def _diff_side(counts):
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not moray_pg.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=moray_pg.PSYCOPG2_IMP_ERR)
+    moray_pg.require_psycopg2(module)
 
     from ansible_collections.manta.ops.plugins.module_utils import moray_delete
     from ansible_collections.manta.ops.plugins.module_utils.moray_owner_check import OwnerCheckError
@@ -424,6 +435,10 @@ def main():
         if p["connect_timeout"] < 1 or p["statement_timeout"] <= 0 or p["progress_interval"] <= 0:
             raise moray_ring.OwnershipError(
                 "connect_timeout must be >= 1, statement_timeout and progress_interval > 0 (seconds)")
+        if p["lock_wait"] < 0:
+            raise moray_ring.OwnershipError(
+                f"lock_wait {p['lock_wait']:g} is negative; valid: seconds >= 0 to wait for another "
+                "run holding the progress file's lock (0 = fail at once)")
         throttle = throttle_mod.Throttle(
             {k: p[k] for k in throttle_mod.KEYS}, path=p["throttle_file"])
         ring_path = p["ring"]
@@ -448,7 +463,7 @@ def main():
             throttle=throttle, strategy=p["strategy"], progress_path=progress_path,
             check_mode=module.check_mode, connect_timeout=p["connect_timeout"],
             statement_timeout=p["statement_timeout"], progress_interval=p["progress_interval"],
-            warn=module.warn)
+            warn=module.warn, lock_wait=p["lock_wait"])
     except moray_delete.VerifyError as exc:
         module.fail_json(msg=str(exc), leftovers=exc.leftovers, table=exc.table, vnode=exc.vnode)
     except moray_delete.DeleteError as exc:

@@ -246,7 +246,7 @@ plan:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.manta.ops.plugins.module_utils import moray_pg, moray_ring
 
@@ -274,8 +274,7 @@ def argument_spec():
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    if not moray_pg.HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=moray_pg.PSYCOPG2_IMP_ERR)
+    moray_pg.require_psycopg2(module)
     from ansible_collections.manta.ops.plugins.module_utils import moray_report
     from ansible_collections.manta.ops.plugins.module_utils.moray_split_plan import PlanError
     from ansible_collections.manta.ops.plugins.module_utils.moray_tables import TableError

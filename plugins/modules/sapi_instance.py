@@ -223,28 +223,15 @@ diff:
   type: dict
 """
 
-import datetime
 import uuid as uuidlib
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.manta.ops.plugins.module_utils import sapi as S
+from ansible_collections.manta.ops.plugins.module_utils import sapi_reprovision as R
 from ansible_collections.manta.ops.plugins.module_utils import vmapi as V
 from ansible_collections.manta.ops.plugins.module_utils.http_api import (
     ApiError, check_requests, client_kwargs, fail_api, require_url, triton_argument_spec)
-
-
-def now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def trim_message(msg, keep=2):
-    """SAPI provision/reprovision errors carry a whole job log: keep the
-    first and last lines."""
-    lines = [ln for ln in (msg or "").splitlines() if ln.strip()]
-    if len(lines) <= 2 * keep:
-        return msg
-    return "\n".join(lines[:keep] + [f"... ({len(lines) - 2 * keep} lines) ..."] + lines[-keep:])
 
 
 class Runner:
@@ -266,7 +253,7 @@ class Runner:
     def api_fail(self, exc, what):
         if isinstance(exc, ApiError) and exc.api_message and "\n" in exc.api_message:
             exc = ApiError(exc.service, exc.method, exc.path, status=exc.status, code=exc.code,
-                           api_message=trim_message(exc.api_message), request_id=exc.request_id,
+                           api_message=R.trim_message(exc.api_message), request_id=exc.request_id,
                            errors=exc.errors, expected=exc.expected)
         fail_api(self.module, exc, what, **self.result)
 
@@ -469,70 +456,21 @@ class Runner:
                       instances=[self.view(i) for i in found])
         inst = found[0]
         uuid = inst["uuid"]
-        vm = self.vm(uuid)
-        cur_image = (vm or {}).get("image_uuid") or (inst.get("params") or {}).get("image_uuid")
-        key = p["marker_key"]
-        record = (inst.get("metadata") or {}).get(key)
-        record = record if isinstance(record, dict) else None
         self.result["instance"] = self.view(inst)
-
-        need = True
-        resolve_pending = False
-        if p["marker"]:
-            if record and record.get("marker") == p["marker"]:
-                if record.get("state") == "done":
-                    need = False
-                elif record.get("state") == "pending":
-                    resolve_pending = True
-        else:
-            need = cur_image != p["image_uuid"]
-        before = {"image_uuid": cur_image, "marker": record}
-        if not need:
-            self.result.update(marker=record, changed=False)
-            if self.module._diff:
-                self.result["diff"] = {"before": before, "after": before}
-            return
-
-        started = now_iso()
-        pending = {"marker": p["marker"], "state": "pending", "image_uuid": p["image_uuid"],
-                   "started_at": started}
-        done = dict(pending, state="done")
-        self.result.update(changed=True, marker=done if p["marker"] else None)
-        if self.module._diff:
-            self.result["diff"] = {"before": before,
-                                   "after": {"image_uuid": p["image_uuid"], "marker": done if p["marker"] else record}}
-        if self.module.check_mode:
-            return
-
-        if resolve_pending:
-            outcome = self.resolve_pending(uuid, record)
-            if outcome == "done":
-                done = dict(record, state="done", finished_at=now_iso())
-                self.write_marker(uuid, key, done)
-                self.result["marker"] = done
-                self.result["resolved_pending"] = True
-                return
-        if p["marker"]:
-            if self.vmapi is not None:
-                try:
-                    pending["prior_jobs"] = sorted(j.get("uuid") for j in
-                                                   self.vmapi.list_vm_jobs(uuid, task="reprovision"))
-                except ApiError:
-                    pending["prior_jobs"] = None  # cannot tell later; resolve will redo
-            self.write_marker(uuid, key, pending)
         try:
-            self.sapi.upgrade_instance(uuid, p["image_uuid"], timeout=float(p["wait_timeout"]))
-        except ApiError as exc:
-            if p["marker"]:
-                self.write_marker(uuid, key, dict(pending, state="failed", finished_at=now_iso(),
-                                                  error=trim_message(exc.api_message or str(exc))))
-            self.api_fail(exc, f"SAPI could not reprovision instance {uuid} onto image {p['image_uuid']}")
-        if p["marker"]:
-            done = dict(pending, state="done", finished_at=now_iso())
-            self.write_marker(uuid, key, done)
-            self.result["marker"] = done
-            if self.module._diff:
-                self.result["diff"]["after"]["marker"] = done
+            out = R.reprovision(self.sapi, self.vmapi, inst, p["image_uuid"], marker=p["marker"],
+                                marker_key=p["marker_key"], vm=self.vm(uuid),
+                                check_mode=self.module.check_mode, wait_timeout=p["wait_timeout"],
+                                poll_interval=p["poll_interval"])
+        except R.ReprovisionError as exc:
+            self.take(exc.result)
+            self.fail(str(exc), **exc.extra)
+        except R.ReprovisionApiError as exc:
+            self.take(exc.result)
+            self.api_fail(exc.cause, exc.what)
+        self.take(out)
+        if not out["changed"] or self.module.check_mode or out["resolved_pending"]:
+            return
         self._vms.pop(uuid, None)
         inst = self.get_instance(uuid)
         self.result["instance"] = self.view(inst)
@@ -541,37 +479,15 @@ class Runner:
             self.fail(f"SAPI reprovisioned instance {uuid} but VMAPI shows image {vm.get('image_uuid')}, "
                       f"expected {p['image_uuid']}")
 
-    def resolve_pending(self, uuid, record):
-        """An earlier run wrote 'pending' and did not finish. Returns 'done'
-        if a reprovision job it started succeeded, else 'redo'."""
-        if self.vmapi is None:
-            self.fail(f"instance {uuid} has reprovision marker {record.get('marker')!r} pending since "
-                      f"{record.get('started_at')}: an earlier run was interrupted and without vmapi_url "
-                      "it cannot be told whether that reprovision happened; give vmapi_url, or check the "
-                      f"VM and remove metadata key {self.p['marker_key']} to reprovision again")
-        prior = record.get("prior_jobs")
-        if prior is None:
-            return "redo"
-        try:
-            jobs = self.vmapi.list_vm_jobs(uuid, task="reprovision")
-        except ApiError as exc:
-            self.api_fail(exc, f"cannot list the reprovision jobs of VM {uuid}")
-        ours = [j for j in jobs if j.get("uuid") not in set(prior)
-                and (j.get("params") or {}).get("image_uuid", record.get("image_uuid")) == record.get("image_uuid")]
-        ours.sort(key=lambda j: j.get("created_at") or "")
-        for job in reversed(ours):
-            if job.get("execution") == "succeeded":
-                return "done"
-            if job.get("execution") not in V.TERMINAL:
-                self.wait_job(job["uuid"], f"the interrupted reprovision of instance {uuid}")
-                return "done"
-        return "redo"
-
-    def write_marker(self, uuid, key, value):
-        try:
-            self.sapi.update("instance", uuid, "update", metadata={key: value})
-        except ApiError as exc:
-            self.api_fail(exc, f"cannot record reprovision marker {key} on instance {uuid}")
+    def take(self, out):
+        """Copy a reprovision outcome (module_utils.sapi_reprovision) into the result."""
+        if not out:
+            return
+        self.result.update(changed=out["changed"], marker=out["marker"])
+        if out["resolved_pending"]:
+            self.result["resolved_pending"] = True
+        if self.module._diff:
+            self.result["diff"] = {"before": out["before"], "after": out["after"]}
 
 
 def main():

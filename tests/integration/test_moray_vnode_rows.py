@@ -24,6 +24,7 @@ import psycopg2
 import pytest
 
 from modrun import MODULE_PKG, run_module
+from pgsql import query
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
@@ -95,14 +96,7 @@ def dsn(world, db):
 
 
 def q(world, db, statement, params=None):
-    conn = psycopg2.connect(dsn(world, db))
-    conn.autocommit = True
-    try:
-        cur = conn.cursor()
-        cur.execute(statement, params)
-        return cur.fetchall() if cur.description else cur.rowcount
-    finally:
-        conn.close()
+    return query(dsn(world, db), statement, params)
 
 
 def counts(world, db, table="manta"):
@@ -388,6 +382,7 @@ def test_owner_must_be_another_database(world, ro_dbs, tmp_path):
     ({"batch_size": 0}, "throttle options: batch_size 0 is out of range; valid: 1..100000"),
     ({"connections": 100}, "connections 100 is out of range; valid: 1..64"),
     ({"owner_min_ratio": 1.5}, "owner_min_ratio 1.5 is out of range"),
+    ({"lock_wait": -1}, "lock_wait -1 is negative; valid: seconds >= 0"),
 ])
 def test_bad_input_fails_before_any_delete(world, ro_dbs, tmp_path, override, text):
     src, own = ro_dbs
@@ -554,15 +549,80 @@ def test_verification_failure_names_table_and_vnode(world, dbs, tmp_path):
 
 
 def test_two_runs_cannot_share_a_progress_file(world, ro_dbs, tmp_path):
+    """A lock held by something that did not say who it is: refused at once, shard untouched."""
     src, own = ro_dbs
+    before = counts(world, src)
     a = args(world, src, own, tmp_path)
     lock = open(a["progress_file"] + ".lock", "a")
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
+        t0 = time.monotonic()
         r = run_module("moray_vnode_rows", a)
-        assert r["failed"] and "already running" in r["msg"]
+        assert r["failed"] and "already running" in r["msg"], r
+        assert "holder unknown" in r["msg"] and "lock_wait" in r["msg"], r["msg"]
+        assert time.monotonic() - t0 < 10, "lock_wait defaults to 0: no waiting"
     finally:
         lock.close()
+    assert counts(world, src) == before
+
+
+def test_second_run_names_the_holder_and_waits_for_it_with_lock_wait(world, dbs, tmp_path):
+    """A real first run holds the lock; a second one fails at once naming it (pid, shard),
+    then with lock_wait waits for it, counts afresh and has nothing left to do."""
+    src, own = dbs
+    before = counts(world, src)
+    a = args(world, src, own, tmp_path, max_rows_per_second=3000, batch_size=300)
+    proc, argfile = run_bg(a)
+    try:
+        wait_progress(a["progress_file"], lambda d: d.get("rows_done", 0) > 0)
+        holder = json.loads(Path(a["progress_file"] + ".lock").read_text())
+        assert holder["pid"] == proc.pid and holder["shard"] == S1
+
+        r = run_module("moray_vnode_rows", dict(a, max_rows_per_second=0))
+        assert r["failed"] and "already running" in r["msg"], r
+        assert f"pid {proc.pid} on " in r["msg"] and f"shard {S1}" in r["msg"], r["msg"]
+        assert proc.poll() is None, "the holder keeps running"
+
+        t0 = time.monotonic()
+        second = run_module("moray_vnode_rows", dict(a, max_rows_per_second=0, lock_wait=300))
+        waited = time.monotonic() - t0
+        first = finish_bg(proc, argfile)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not first.get("failed"), first
+    assert first["changed"] is True and first["rows_deleted"] == first["rows_to_delete"] > 0
+    assert not second.get("failed"), second
+    assert second["seconds"]["lock_wait"] > 0.5 and waited >= second["seconds"]["lock_wait"]
+    assert second["changed"] is False and second["rows_to_delete"] == 0, \
+        "after the wait the census sees what the first run left: nothing"
+    assert counts(world, src) == {v: n for v, n in before.items() if v not in set(world["moved"])}
+    assert Path(a["progress_file"] + ".lock").read_text() == "", "released: names no holder"
+
+
+def test_lock_wait_times_out_naming_the_holder(world, ro_dbs, tmp_path):
+    src, own = ro_dbs
+    before = counts(world, src)
+    a = args(world, src, own, tmp_path, lock_wait=2)
+    lock = open(a["progress_file"] + ".lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write(json.dumps({"pid": 4242, "host": "ops7", "shard": S1, "vnode_count": 9,
+                           "since": "2026-01-02T03:04:05.00Z"}))
+    lock.flush()
+    try:
+        t0 = time.monotonic()
+        r = run_module("moray_vnode_rows", a)
+        took = time.monotonic() - t0
+    finally:
+        lock.close()
+    assert r["failed"], r
+    assert 2 <= took < 15, took
+    msg = r["msg"]
+    assert "held by pid 4242 on ops7, shard 1.moray.test.manta, 9 vnodes, since 2026-01-02T03:04:05.00Z" in msg, msg
+    assert "waited 2." in msg and "(lock_wait 2s)" in msg, msg
+    assert a["progress_file"] + ".lock" in msg
+    assert counts(world, src) == before
 
 
 def test_password_never_reaches_output(world, ro_dbs, tmp_path):

@@ -9,10 +9,10 @@ shard 2 at the end.
 import json
 import uuid
 
-import psycopg2
 import pytest
 
 from modrun import run_module
+from pgsql import query as q
 
 from ansible_collections.manta.ops.plugins.module_utils import moray_ring
 
@@ -32,17 +32,6 @@ def world(lab):
     ghosts = topo.vnodes_of(moray_ring.pnode(s2))[:3]
     return {"s1": s1, "s2": s2, "dsn1": primary_dsn(s1), "dsn2": primary_dsn(s2), "ring": ring,
             "zk": st["zookeeper"]["connect"], "ghosts": ghosts, "topo": topo}
-
-
-def q(dsn, statement, params=None):
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        cur = conn.cursor()
-        cur.execute(statement, params)
-        return cur.fetchall() if cur.description else cur.rowcount
-    finally:
-        conn.close()
 
 
 def plant(dsn, tag, vnodes, per_vnode=50):

@@ -8,9 +8,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from kazoo.client import KazooClient
 
 from modrun import run_module
+from zkclient import kazoo_client
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +20,8 @@ def zk_connect(lab):
 
 @pytest.fixture(scope="module")
 def zk(zk_connect):
-    c = KazooClient(hosts=zk_connect, timeout=10)
-    c.start(timeout=10)
-    yield c
-    c.stop()
-    c.close()
+    with kazoo_client(zk_connect) as client:
+        yield client
 
 
 @pytest.fixture

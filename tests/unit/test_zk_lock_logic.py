@@ -104,3 +104,37 @@ def test_connect_string_rejected(servers, needle):
     with pytest.raises(zkmod.ZkError) as ei:
         zkmod.check_servers(servers)
     assert needle in str(ei.value)
+
+
+# ---- zk retries: which failures are retried, and how a lost write is judged -------------
+
+def test_transient_failures_are_the_connection_not_the_request():
+    from kazoo import exceptions as ke
+    for exc in (ke.ConnectionLoss(), ke.OperationTimeoutError(), ke.SessionExpiredError(),
+                ke.ConnectionDropped("x")):
+        assert zkmod.is_transient(exc), type(exc).__name__
+    for exc in (ke.ConnectionClosedError("closed by us"), ke.NoNodeError(), ke.BadVersionError(),
+                ke.NodeExistsError(), ke.NoAuthError(), ke.AuthFailedError()):
+        assert not zkmod.is_transient(exc), type(exc).__name__
+
+
+def test_transaction_witness_order():
+    """A sequential create tells best, then a create, then a compare-and-swap set."""
+    from kazoo.protocol.serialization import CheckVersion, Create, Delete, SetData
+    seq = Create("/h/e-", b"x", None, 2)
+    plain = Create("/n", b"x", None, 0)
+    cas = SetData("/s", b"x", 3)
+    blind = SetData("/s", b"x", -1)
+    assert zkmod._is_seq_create(seq) and not zkmod._is_create(seq)
+    assert zkmod._is_create(plain) and not zkmod._is_seq_create(plain)
+    assert zkmod._is_cas_set(cas) and not zkmod._is_cas_set(blind)
+    assert zkmod._is_delete(Delete("/d", 1)) and not zkmod._is_delete(CheckVersion("/d", 1))
+
+
+def test_give_up_message_names_servers_operation_attempts_and_cause():
+    from kazoo import exceptions as ke
+    fake = SimpleNamespace(servers="10.0.0.1:2181", timeout=3.0)
+    msg = zkmod.Zk._gave_up(fake, "set /a", 4, ke.ConnectionLoss())
+    assert msg.startswith("ZooKeeper at 10.0.0.1:2181 did not answer set /a within 3s")
+    assert "4 attempts; last error: ConnectionLoss" in msg
+    assert zkmod.Zk._gave_up(fake, "get /a", 1, None).endswith("within 3s")
