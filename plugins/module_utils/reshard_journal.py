@@ -368,23 +368,10 @@ def encode(doc):
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _retry(fn, attempts=6, delay=0.5):
-    """Retry a ZooKeeper call through a transient failure (connection loss, a slow answer): kazoo
-    reconnects the session by itself; compare-and-swap writes stay correct when retried."""
-    from ansible_collections.manta.ops.plugins.module_utils.zk import ZkError
-    for i in range(attempts):
-        try:
-            return fn()
-        except ZkError:
-            if i == attempts - 1:
-                raise
-            time.sleep(delay * (i + 1))
-
-
 def load(zk, plan_id):
     """(doc, version) or (None, None)."""
     path = plan_path(plan_id)
-    raw, stat = _retry(lambda: zk.get_or_none(path))
+    raw, stat = zk.get_or_none(path)
     if raw is None:
         return None, None
     return decode(raw, path), stat.version
@@ -392,7 +379,7 @@ def load(zk, plan_id):
 
 def list_plans(zk):
     out = []
-    for name in sorted(_retry(lambda: zk.children(PLANS))):
+    for name in sorted(zk.children(PLANS)):
         try:
             doc, dummy = load(zk, name)
         except JournalError:
@@ -428,7 +415,7 @@ def update(zk, plan_id, mutate):
     """Compare-and-swap ``mutate(doc_copy) -> doc`` into the plan's znode. Returns the new doc."""
     path = plan_path(plan_id)
     for dummy in range(CAS_ATTEMPTS):
-        raw, stat = _retry(lambda: zk.get_or_none(path))
+        raw, stat = zk.get_or_none(path)
         if raw is None:
             raise JournalError(f"no reshard plan {plan_id} (expected znode {path})")
         doc = decode(raw, path)
@@ -437,7 +424,7 @@ def update(zk, plan_id, mutate):
             return doc
         try:
             # a retried set after a lost connection may find its own write: BadVersion, re-read, no-op
-            _retry(lambda: zk.set(path, encode(new), version=stat.version))
+            zk.set(path, encode(new), version=stat.version)
         except BadVersionError:
             time.sleep(0.02)
             continue
