@@ -3,10 +3,12 @@
 """Shared by the evacuation benchmarks (bench/evacuate_*_bench.py).
 
 * :func:`bench_lab` - a lab of the bench's own (``lab up`` in a fresh home under
-  /var/tmp on a free base port below 30000, brought down by pid at exit), or the
-  running lab named by ``$LAB_HOME`` (left as it is);
+  /var/tmp on a free base port below 30000, or ``$BENCH_LAB_BASE_PORT``, brought
+  down by pid at exit), or the running lab named by ``$LAB_HOME`` (left as it is);
 * :func:`best_of` - interleaved baseline/candidate timing, best of N (the machine
   is shared, so single runs are noisy);
+* :func:`rounds` - interleaved rounds that keep every time (best, median, and
+  per-round pairs for paired ratios), with the load average around each round;
 * :func:`save` - results as JSON under bench/results/ (git-ignored).
 """
 import atexit
@@ -76,7 +78,7 @@ def bench_lab(storage_nodes=None):
     os.chmod(home, 0o755)
     lab = BenchLab(home, own=True)
     atexit.register(lab.down)
-    args = ["up", "--base-port", _free_base()]
+    args = ["up", "--base-port", os.environ.get("BENCH_LAB_BASE_PORT") or _free_base()]
     if storage_nodes:
         args += ["--storage-nodes", storage_nodes]
     t0 = time.monotonic()
@@ -93,6 +95,30 @@ def best_of(n, *fns):
             t = fn()
             best[i] = min(best[i], t)
     return best
+
+
+def rounds(n, fns, between=None, alternate=True):
+    """Run the named callables ``fns`` ({name: fn() -> seconds}) in ``n`` interleaved
+    rounds; with ``alternate`` every other round runs them in reverse order, so no side
+    always runs first (or right after the other). ``between(name)`` runs untimed after
+    each call. Returns {"rounds": [{name: seconds, "load": [1-min load before, after]}],
+    name: {"best", "median", "all"}}."""
+    import statistics
+    names = list(fns)
+    out = {"rounds": []}
+    for r in range(n):
+        order = names if not alternate or r % 2 == 0 else names[::-1]
+        rec = {"order": order, "load": [round(os.getloadavg()[0], 2)]}
+        for name in order:
+            rec[name] = fns[name]()
+            if between is not None:
+                between(name)
+        rec["load"].append(round(os.getloadavg()[0], 2))
+        out["rounds"].append(rec)
+    for name in names:
+        ts = [rec[name] for rec in out["rounds"]]
+        out[name] = {"best": min(ts), "median": statistics.median(ts), "all": ts}
+    return out
 
 
 def save(name, data):

@@ -8,7 +8,8 @@ Per copy (the rebalancer agent's algorithm, reference/evacuate.md §3.7, with
 its gaps closed, §7.3 items 4, 7, 8, 9):
 
 1. If ``<root>/<creator-or-owner>/<objectId>`` already exists with the right
-   size and MD5, nothing is fetched (an interrupted round is redone cheaply).
+   size and MD5, nothing is fetched (an interrupted round is redone cheaply);
+   it is still made durable and checked like a fetched copy (steps 4-5).
 2. Otherwise GET ``<source>/<creator-or-owner>/<objectId>`` from the first
    source, falling back along the list (other copies, then the evacuated
    node). Transport errors and 5xx are retried with back-off; a 404, a size
@@ -18,41 +19,62 @@ its gaps closed, §7.3 items 4, 7, 8, 9):
    ``contentLength`` and ``contentMD5``.
 4. Make the data durable, ``rename`` it into place (creating the owner
    directory), and make the directory entry durable, in that order, before
-   the copy counts. ``durability=file``: ``fsync`` the file, then (group-
-   committed) ``fsync`` the directory. ``durability=batch`` (Linux): the same
-   order with one ``syncfs(2)`` of the filesystem shared by every copy in
-   flight instead of one flush per file, which is what a disk's flush costs
-   allow; ``auto`` picks ``batch`` where syncfs exists. The default is
-   ``file`` (ZFS, the storage nodes' filesystem, batches concurrent fsyncs
-   in its intent log itself).
+   the copy counts. ``durability=file``: ``fsync`` the file, then the
+   directory. ``durability=batch`` (Linux): the same order with one
+   ``syncfs(2)`` of the filesystem for a whole batch of copies instead of one
+   flush per file; ``auto`` picks ``batch`` where syncfs exists. The default
+   is ``file``.
 5. Optionally ``HEAD`` the copy through the destination's own web server
    (``verify_url``), so metadata never points at a node that cannot serve it.
 
+How it runs (a pipeline, so no fetch waits for a disk flush or a round trip
+of the check): ``concurrency`` fetch threads, each with a keep-alive
+connection per source (evacuate_http: the body is read with ``recv_into``
+into a preallocated 1 MiB buffer, hashed and written from it, no copy in
+Python), do steps 1-3 and hand the open temp file on; a pool of sync threads
+``fsync``s them (concurrent fsyncs share the filesystem's journal commits);
+one committer takes whatever is ready as a batch (group commit): renames the
+batch's files into place, ``fsync``s each directory once for the batch, then
+checks the whole batch with pipelined HEADs on one keep-alive connection to
+the destination's server. Only then does a copy count as ``copied``. At most
+``pipeline_depth`` verified copies wait for steps 4-5 at once.
+
 Throttles: ``max_bytes_per_sec`` for everything this destination reads, and a
 per-source share (the plan divides each source's limit among the
-destinations reading from it). Concurrency: ``concurrency`` worker threads,
-each with keep-alive connections per source.
+destinations reading from it).
 
 Automatic pause: when the share of transient failures in the last
 ``pause_window`` copies reaches ``pause_error_ratio`` (or ``pause_consecutive``
-fail in a row), no new copy starts; the rest is reported ``not_attempted`` and
-the result says why, so the play pauses the job (RFD 162's requirement).
+fail in a row), no new copy starts (copies already fetched finish); the rest
+is reported ``not_attempted`` and the result says why, so the play pauses the
+job (RFD 162's requirement).
 """
 from __future__ import annotations
 
 import base64
 import collections
 import hashlib
-import http.client
+import itertools
 import json
 import os
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
+
+from ansible_collections.manta.ops.plugins.module_utils.evacuate_http import (
+    Connection, HTTPClientError)
 
 CHUNK = 1024 * 1024
+# Bodies are received and hashed a CHUNK at a time but written in smaller pieces: Linux
+# (6.x) allocates page-cache folios as large as each write (a 1 MiB write asks for 1 MiB
+# of contiguous memory), and where memory is fragmented (a busy host) that means direct
+# compaction in the writer: up to a third of the engine's CPU time in the lab. 32 KiB
+# writes (order-3 folios) cost the least CPU there (docs/bench-evacuate.md).
+WRITE_CHUNK = 32 * 1024
 COPIED, SKIPPED, TRANSIENT, NOT_ATTEMPTED = "copied", "skipped", "transient", "not_attempted"
+_HEAD_BATCH = 64
 
 
 class CopyError(Exception):
@@ -129,69 +151,16 @@ def _syncfs_path(d):
         os.close(fd)
 
 
-class DirSyncer:
-    """Group commit: ``sync(key)`` returns once ``op(key)`` (fsync of a directory,
-    or syncfs of a filesystem) has run *starting after* the call. Concurrent
-    callers share one operation."""
-
-    def __init__(self, op=None):
-        self.op = op or _fsync_path
-        self.cond = threading.Condition()
-        self.req = collections.defaultdict(int)
-        self.done = collections.defaultdict(int)
-        self.errors = {}
-        self.stop = False
-        self.syncs = 0
-        self.th = threading.Thread(target=self._run, name="dirsync", daemon=True)
-        self.th.start()
-
-    def sync(self, d):
-        with self.cond:
-            self.req[d] += 1
-            mine = self.req[d]
-            self.cond.notify_all()
-            while self.done[d] < mine and d not in self.errors:
-                self.cond.wait(1.0)
-            if d in self.errors:
-                raise OSError(self.errors[d])
-
-    def _run(self):
-        while True:
-            with self.cond:
-                while not self.stop and all(self.done[d] >= r for d, r in self.req.items()):
-                    self.cond.wait(1.0)
-                if self.stop:
-                    return
-                todo = {d: r for d, r in self.req.items() if self.done[d] < r}
-            for d, r in todo.items():
-                try:
-                    self.op(d)
-                    err = None
-                except OSError as exc:
-                    err = f"sync {d}: {exc}"
-                with self.cond:
-                    self.syncs += 1
-                    if err:
-                        self.errors[d] = err
-                    else:
-                        self.done[d] = max(self.done[d], r)
-                    self.cond.notify_all()
-
-    def close(self):
-        with self.cond:
-            self.stop = True
-            self.cond.notify_all()
-        self.th.join(timeout=5)
-
-
 def md5_b64_of_file(path):
     h = hashlib.md5()
-    with open(path, "rb") as fh:
+    buf = bytearray(CHUNK)
+    mv = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
         while True:
-            b = fh.read(CHUNK)
-            if not b:
+            k = fh.readinto(mv)
+            if not k:
                 break
-            h.update(b)
+            h.update(mv[:k])
     return base64.b64encode(h.digest()).decode()
 
 
@@ -207,13 +176,33 @@ class Outcome:
         self.source = source
 
 
+class _Item:
+    """A copy past steps 1-3 (verified bytes in ``tmp``, or already at ``final``)
+    on its way through steps 4-5. ``fd`` is open for the sync pool."""
+    __slots__ = ("i", "path_owner", "object_id", "size", "final", "tmp", "fd", "nbytes",
+                 "source", "error", "finished")
+
+    def __init__(self, i, path_owner, object_id, size, final, tmp, fd, nbytes=0, source=None):
+        self.i = i
+        self.path_owner = path_owner
+        self.object_id = object_id
+        self.size = size
+        self.final = final
+        self.tmp = tmp
+        self.fd = fd
+        self.nbytes = nbytes
+        self.source = source
+        self.error = None               # an Outcome once something failed
+        self.finished = False
+
+
 class Copier:
     """Copy a list of tasks into ``root``. Thread-safe internals; ``run`` blocks."""
 
     def __init__(self, root, sources, tmp_dir=None, concurrency=8, max_bytes_per_sec=None,
                  source_bytes_per_sec=None, timeout=30.0, retries=2, verify_url=None,
                  deadline=None, pause_window=50, pause_error_ratio=0.5, pause_consecutive=20,
-                 check_mode=False, retry_delay=0.5, durability="file"):
+                 check_mode=False, retry_delay=0.5, durability="file", pipeline_depth=None):
         if durability not in ("auto", "file", "batch"):
             raise CopyError(f"durability must be auto, file or batch, got {durability!r}")
         if durability == "auto":
@@ -225,11 +214,13 @@ class Copier:
         self.sources = dict(sources or {})
         self.tmp_dir = tmp_dir or os.path.join(self.root, "manta_evacuate", "tmp")
         self.concurrency = max(1, int(concurrency))
+        self.pipeline_depth = max(1, int(pipeline_depth)) if pipeline_depth else \
+            min(256, max(32, 2 * self.concurrency))
         self.limiter = RateLimiter(max_bytes_per_sec)
         self.source_limiters = {s: RateLimiter(r) for s, r in (source_bytes_per_sec or {}).items() if r}
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
-        self.verify = urlsplit(verify_url) if verify_url else None
+        self.verify_url = verify_url.rstrip("/") if verify_url else None
         self.deadline = deadline
         self.pause_window = max(5, int(pause_window))
         self.pause_ratio = float(pause_error_ratio)
@@ -247,8 +238,13 @@ class Copier:
         self.counts = collections.Counter()
         self.reasons = collections.Counter()
         self.bytes_fetched = 0
-        self.syncer = None
-        self.fs_syncer = None
+        self.dir_syncs = 0
+        self.fs_syncs = 0
+        self.commit_batches = 0
+        self.seconds = 0.0
+        self._conns = []
+        self._seq = itertools.count()
+        self._known_dirs = set()
 
     # ---- HTTP -------------------------------------------------------------------------
     def _conn(self, base):
@@ -257,30 +253,25 @@ class Copier:
             pool = self.local.pool = {}
         c = pool.get(base)
         if c is None:
-            u = urlsplit(base)
-            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-            c = pool[base] = cls(u.hostname, u.port or (443 if u.scheme == "https" else 80),
-                                 timeout=self.timeout)
+            c = pool[base] = Connection(base, timeout=self.timeout)
+            with self.lock:
+                self._conns.append(c)
         return c
-
-    def _drop(self, base):
-        pool = getattr(self.local, "pool", None) or {}
-        c = pool.pop(base, None)
-        if c is not None:
-            c.close()
 
     def _source_base(self, sid):
         base = self.sources.get(sid) or f"http://{sid}"
         return base.rstrip("/")
 
-    # ---- one copy ---------------------------------------------------------------------
+    # ---- steps 1-3 (fetch threads) ------------------------------------------------------
     def final_path(self, path_owner, object_id):
         if "/" in path_owner or "/" in object_id or path_owner in ("", ".", "..") \
                 or object_id in ("", ".", ".."):
             raise CopyError(f"unsafe path component in {path_owner!r}/{object_id!r}")
         return os.path.join(self.root, path_owner, object_id)
 
-    def copy_one(self, task):
+    def _prepare(self, i, task):
+        """Steps 1-3: an Outcome when the copy is over (skipped, failed, check mode),
+        or an _Item holding verified bytes for steps 4-5."""
         oid, path_owner, object_id, size, md5, srcs = task[:6]
         try:
             final = self.final_path(path_owner, object_id)
@@ -290,10 +281,11 @@ class Copier:
         try:
             st = os.stat(final)
             if st.st_size == size and md5_b64_of_file(final) == md5:
-                ok = self._serve_check(path_owner, object_id, size)
-                if ok is not True:
-                    return ok
-                return Outcome(COPIED, "present", None, 0, False)
+                if self.check_mode:
+                    return Outcome(COPIED, "present", None, 0, False)
+                # made durable like a fetched copy: a killed run may have left it unflushed
+                fd = os.open(final, os.O_RDONLY) if self.durability == "file" else None
+                return _Item(i, path_owner, object_id, size, final, None, fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -306,14 +298,10 @@ class Copier:
             if self.source_down.get(sid, 0) > time.monotonic():
                 failures.append((sid, TRANSIENT, "source_unreachable", "marked down after errors"))
                 continue
-            res = self._fetch(sid, path_owner, object_id, size, md5, final)
-            if res.status == COPIED:
+            res = self._fetch(i, sid, path_owner, object_id, size, md5, final)
+            if isinstance(res, _Item):
                 with self.lock:
                     self.source_fail[sid] = 0
-                ok = self._serve_check(path_owner, object_id, size)
-                if ok is not True:
-                    return ok
-                res.source = sid
                 return res
             failures.append((sid, res.status, res.reason, res.detail))
             if res.reason == "destination_io_error":
@@ -335,110 +323,104 @@ class Copier:
                 return Outcome(SKIPPED, r, detail)
         return Outcome(SKIPPED, "source_not_found", detail)
 
-    def _fetch(self, sid, path_owner, object_id, size, md5, final):
+    def _buffer(self):
+        mv = getattr(self.local, "buf", None)
+        if mv is None:
+            mv = self.local.buf = memoryview(bytearray(CHUNK))
+        return mv
+
+    def _fetch(self, i, sid, path_owner, object_id, size, md5, final):
         base = self._source_base(sid)
-        path = urlsplit(base).path + "/" + quote(path_owner) + "/" + quote(object_id)
+        path = "/" + quote(path_owner) + "/" + quote(object_id)
         src_lim = self.source_limiters.get(sid)
+        limiter = self.limiter
+        wsize = WRITE_CHUNK
         last = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.retry_delay * (2 ** (attempt - 1)))
-            tmp = os.path.join(self.tmp_dir, f"{object_id}.{os.getpid()}.{threading.get_ident()}.tmp")
             c = self._conn(base)
             try:
-                c.request("GET", path, headers={"Connection": "keep-alive"})
-                resp = c.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(base)
+                resp = c.request("GET", path)
+            except (OSError, HTTPClientError) as exc:
+                c.close()
                 last = Outcome(TRANSIENT, "source_unreachable", f"GET {base}{path}: {exc!r}"[:300])
                 self._source_error(sid)
                 continue
             if resp.status != 200:
-                resp.read()
-                if resp.getheader("Connection", "").lower() == "close":
-                    self._drop(base)
+                try:
+                    c.discard(resp)
+                except (OSError, HTTPClientError):
+                    c.close()
                 if resp.status == 404:
                     return Outcome(SKIPPED, "source_not_found", f"HTTP 404 from {sid}")
                 if resp.status >= 500:
                     last = Outcome(TRANSIENT, "source_http_5xx", f"HTTP {resp.status} from {sid}")
                     continue
                 return Outcome(SKIPPED, "source_http_error", f"HTTP {resp.status} from {sid}")
-            h = hashlib.md5()
-            n = 0
+            if resp.length is not None and resp.length != size:
+                # the source announces another size: no need to read it
+                c.close()
+                return Outcome(SKIPPED, "size_mismatch",
+                               f"{sid} sent {resp.length} bytes, expected {size}")
+            tmp = os.path.join(self.tmp_dir, f"{object_id}.{os.getpid()}.{next(self._seq)}.tmp")
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             except OSError as exc:
-                resp.close()
-                self._drop(base)
+                c.close()
                 return Outcome(TRANSIENT, "destination_io_error", f"open {tmp}: {exc}")
+            keep = False
             try:
+                h = hashlib.md5()
+                n = 0
+                mv = self._buffer()
                 broken = None
-                buf = getattr(self.local, "buf", None)
-                if buf is None:
-                    buf = self.local.buf = bytearray(CHUNK)
-                mv_buf = memoryview(buf)
                 while True:
                     try:
-                        k = resp.readinto(mv_buf)
-                    except (OSError, http.client.HTTPException) as exc:
+                        k = c.readinto(resp, mv)
+                    except (OSError, HTTPClientError) as exc:
                         broken = exc
                         break
                     if not k:
                         break
-                    if self.limiter.rate is not None:
-                        self.limiter.acquire(k)
+                    if limiter.rate is not None:
+                        limiter.acquire(k)
                     if src_lim is not None:
                         src_lim.acquire(k)
-                    chunk = mv_buf[:k]
-                    h.update(chunk)
                     n += k
-                    while chunk:
-                        w = os.write(fd, chunk)
-                        chunk = chunk[w:]
+                    if n > size:
+                        break
+                    chunk = mv[:k]
+                    h.update(chunk)
+                    off = 0
+                    while off < k:
+                        off += os.write(fd, chunk[off:off + wsize])
                 if broken is not None:
-                    self._drop(base)
                     last = Outcome(TRANSIENT, "source_unreachable",
                                    f"reading from {sid}: {broken!r}"[:300])
                     self._source_error(sid)
                     continue
                 with self.lock:
                     self.bytes_fetched += n
-                got = base64.b64encode(h.digest()).decode()
                 if n != size:
-                    return Outcome(SKIPPED, "size_mismatch", f"{sid} sent {n} bytes, expected {size}")
+                    c.close()
+                    return Outcome(SKIPPED, "size_mismatch",
+                                   f"{sid} sent {'more than ' if n > size else ''}{n} bytes, expected {size}")
+                got = base64.b64encode(h.digest()).decode()
                 if got != md5:
                     return Outcome(SKIPPED, "md5_mismatch", f"{sid} sent MD5 {got}, expected {md5}")
-                d = os.path.dirname(final)
-                if self.durability == "file":
-                    # the file's data first, then the rename, then its directory
-                    os.fsync(fd)
+                if self.durability == "batch":
                     os.close(fd)
                     fd = None
-                    if not os.path.isdir(d):
-                        os.makedirs(d, exist_ok=True)
-                        self.syncer.sync(os.path.dirname(d))
-                    os.replace(tmp, final)
-                    tmp = None
-                    self.syncer.sync(d)
-                else:
-                    # the same order, group-committed: one syncfs makes every temp file
-                    # written so far durable, the renames follow, and a second syncfs
-                    # makes the directory entries durable
-                    os.close(fd)
-                    fd = None
-                    self.fs_syncer.sync(self.root)
-                    if not os.path.isdir(d):
-                        os.makedirs(d, exist_ok=True)
-                    os.replace(tmp, final)
-                    tmp = None
-                    self.fs_syncer.sync(self.root)
-                return Outcome(COPIED, "fetched", None, n, True)
+                keep = True
+                return _Item(i, path_owner, object_id, size, final, tmp, fd, n, sid)
             except OSError as exc:
-                return Outcome(TRANSIENT, "destination_io_error", f"writing {final}: {exc}")
+                c.close()
+                return Outcome(TRANSIENT, "destination_io_error", f"writing {tmp}: {exc}")
             finally:
-                if fd is not None:
-                    os.close(fd)
-                if tmp is not None:
+                if not keep:
+                    if fd is not None:
+                        os.close(fd)
                     try:
                         os.unlink(tmp)
                     except OSError:
@@ -451,30 +433,141 @@ class Copier:
             if self.source_fail[sid] >= 5:
                 self.source_down[sid] = time.monotonic() + 30
 
-    def _serve_check(self, path_owner, object_id, size):
-        """HEAD the copy through the destination's own server; True when it serves it."""
-        if self.verify is None or self.check_mode:
-            return True
-        base = f"{self.verify.scheme}://{self.verify.netloc}"
-        path = self.verify.path.rstrip("/") + "/" + quote(path_owner) + "/" + quote(object_id)
-        for attempt in range(2):
-            c = self._conn(base)
+    # ---- steps 4-5 (sync pool, committer) -----------------------------------------------
+    def _sync_worker(self):
+        while True:
+            it = self._sync_q.get()
+            if it is None:
+                return
             try:
-                c.request("HEAD", path)
-                resp = c.getresponse()
-                resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(base)
-                if attempt:
-                    return Outcome(TRANSIENT, "destination_unavailable",
-                                   f"HEAD {base}{path}: {exc!r}"[:300])
+                os.fsync(it.fd)
+            except OSError as exc:
+                it.error = Outcome(TRANSIENT, "destination_io_error",
+                                   f"fsync {it.tmp or it.final}: {exc}")
+            finally:
+                try:
+                    os.close(it.fd)
+                except OSError:
+                    pass
+                it.fd = None
+            self._commit_q.put(it)
+
+    def _committer(self):
+        stop = False
+        while not stop:
+            batch = [self._commit_q.get()]
+            while True:
+                try:
+                    batch.append(self._commit_q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(x is None for x in batch)
+            batch = [x for x in batch if x is not None]
+            if not batch:
                 continue
-            length = resp.getheader("Content-Length")
-            if resp.status == 200 and (length is None or int(length) == size):
-                return True
-            return Outcome(TRANSIENT, "destination_unavailable",
-                           f"HEAD {base}{path}: HTTP {resp.status}, length {length}")
-        return Outcome(TRANSIENT, "destination_unavailable", "HEAD failed")
+            try:
+                self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - fail the batch, not the run
+                for it in batch:
+                    if not it.finished:
+                        self._finish_item(it, Outcome(TRANSIENT, "destination_io_error",
+                                                      f"{type(exc).__name__}: {exc}"[:300]))
+
+    def _commit(self, batch):
+        """Group commit of a batch: (syncfs,) renames, one fsync per directory (or
+        syncfs), then the HEAD checks; each copy is finished with its outcome."""
+        self.commit_batches += 1
+        ok = []
+        for it in batch:
+            if it.error is not None:
+                self._finish_item(it, it.error)
+            else:
+                ok.append(it)
+        if self.durability == "batch" and any(it.tmp for it in ok):
+            # the data of every temp file first (present files: the syncfs below)
+            try:
+                _syncfs_path(self.root)
+                self.fs_syncs += 1
+            except OSError as exc:
+                for it in ok:
+                    if it.tmp:
+                        self._finish_item(it, Outcome(TRANSIENT, "destination_io_error",
+                                                      f"syncfs {self.root}: {exc}"))
+                ok = [it for it in ok if not it.finished]
+        parents = set()
+        for it in ok:
+            if it.tmp is None:
+                continue
+            d = os.path.dirname(it.final)
+            try:
+                if d not in self._known_dirs and not os.path.isdir(d):
+                    os.makedirs(d, exist_ok=True)
+                    parents.add(os.path.dirname(d))
+                os.replace(it.tmp, it.final)
+                it.tmp = None
+            except OSError as exc:
+                self._finish_item(it, Outcome(TRANSIENT, "destination_io_error",
+                                              f"rename into {it.final}: {exc}"))
+        ok = [it for it in ok if not it.finished]
+        # the directory entries: each directory once for the whole batch
+        if self.durability == "batch":
+            todo = [self.root] if ok else []
+            op = _syncfs_path
+        else:
+            todo = sorted(parents) + sorted({os.path.dirname(it.final) for it in ok})
+            op = _fsync_path
+        failed = {}
+        for d in todo:
+            try:
+                op(d)
+            except OSError as exc:
+                failed[d] = f"sync {d}: {exc}"
+            if op is _syncfs_path:
+                self.fs_syncs += 1
+            else:
+                self.dir_syncs += 1
+        for it in ok:
+            d = os.path.dirname(it.final)
+            err = failed.get(self.root) if self.durability == "batch" else \
+                (failed.get(d) or failed.get(os.path.dirname(d)))
+            if err:
+                self._finish_item(it, Outcome(TRANSIENT, "destination_io_error", err))
+            else:
+                self._known_dirs.add(d)
+        ok = [it for it in ok if not it.finished]
+        # step 5: can this node serve them? (pipelined HEADs, one connection)
+        if self.verify_url and ok:
+            for k in range(0, len(ok), _HEAD_BATCH):
+                part = ok[k:k + _HEAD_BATCH]
+                for it, why in zip(part, self._serve_check(part)):
+                    if why is not None:
+                        self._finish_item(it, why)
+        for it in ok:
+            if not it.finished:
+                if it.nbytes or it.source:
+                    self._finish_item(it, Outcome(COPIED, "fetched", None, it.nbytes, True, it.source))
+                else:
+                    self._finish_item(it, Outcome(COPIED, "present", None, 0, False))
+
+    def _serve_check(self, items):
+        """HEAD each copy through the destination's own server: None when it serves
+        it with the right length, else a transient Outcome."""
+        c = self._conn(self.verify_url)
+        paths = ["/" + quote(it.path_owner) + "/" + quote(it.object_id) for it in items]
+        answers = c.head_many(paths)
+        out = []
+        for it, p, r in zip(items, paths, answers):
+            where = f"HEAD {self.verify_url}{p}"
+            if isinstance(r, BaseException):
+                out.append(Outcome(TRANSIENT, "destination_unavailable", f"{where}: {r!r}"[:300]))
+                continue
+            length = r.getheader("Content-Length")
+            if r.status == 200 and (length is None or length == str(it.size)):
+                out.append(None)
+            else:
+                out.append(Outcome(TRANSIENT, "destination_unavailable",
+                                   f"{where}: HTTP {r.status}, length {length}"))
+        return out
 
     # ---- the run ----------------------------------------------------------------------
     def _note(self, out):
@@ -505,42 +598,104 @@ class Copier:
             return "max_duration"
         return None
 
+    def _finish(self, i, out, note=True):
+        if note:
+            self._note(out)
+        self._results[i] = out
+        if self._on_result is not None:
+            self._on_result(self._tasks[i], out)
+
+    def _finish_item(self, it, out):
+        if it.finished:
+            return
+        it.finished = True
+        if it.fd is not None:
+            try:
+                os.close(it.fd)
+            except OSError:
+                pass
+            it.fd = None
+        if it.tmp is not None:
+            try:
+                os.unlink(it.tmp)
+            except OSError:
+                pass
+            it.tmp = None
+        try:
+            self._finish(it.i, out)
+        finally:
+            self._slots.release()
+
+    def _fetch_worker(self, next_index):
+        try:
+            while True:
+                i = next_index()
+                if i is None:
+                    return
+                why = self._should_stop()
+                if why:
+                    self._finish(i, Outcome(NOT_ATTEMPTED, "not_attempted", why), note=False)
+                    continue
+                try:
+                    r = self._prepare(i, self._tasks[i])
+                except Exception as exc:  # noqa: BLE001 - one object's surprise is not fatal
+                    r = Outcome(TRANSIENT, "destination_io_error", f"{type(exc).__name__}: {exc}"[:300])
+                if isinstance(r, Outcome):
+                    self._finish(i, r)
+                    continue
+                self._slots.acquire()
+                if r.fd is not None and self._nsync:
+                    self._sync_q.put(r)
+                else:
+                    self._commit_q.put(r)
+        finally:
+            for c in (getattr(self.local, "pool", None) or {}).values():
+                c.close()
+
     def run(self, tasks, on_result=None):
         """Copy every task; returns [(task, Outcome)] in input order."""
         if not self.check_mode:
             os.makedirs(self.tmp_dir, exist_ok=True)
             self._clean_tmp()
-        self.syncer = DirSyncer() if not self.check_mode else None
-        if not self.check_mode and self.durability == "batch":
-            self.fs_syncer = DirSyncer(_syncfs_path)
-        results = [None] * len(tasks)
+        self._tasks = tasks
+        self._results = [None] * len(tasks)
+        self._on_result = on_result
+        self._slots = threading.BoundedSemaphore(self.pipeline_depth)
+        self._sync_q = queue.SimpleQueue()
+        self._commit_q = queue.SimpleQueue()
         t0 = time.monotonic()
+        counter = iter(range(len(tasks)))
+        counter_lock = threading.Lock()
 
-        def work(i):
-            why = self._should_stop()
-            if why:
-                out = Outcome(NOT_ATTEMPTED, "not_attempted", why)
-            else:
-                try:
-                    out = self.copy_one(tasks[i])
-                except Exception as exc:  # noqa: BLE001 - one object's surprise is not fatal
-                    out = Outcome(TRANSIENT, "destination_io_error", f"{type(exc).__name__}: {exc}"[:300])
-                self._note(out)
-            results[i] = out
-            if on_result is not None:
-                on_result(tasks[i], out)
+        def next_index():
+            with counter_lock:
+                return next(counter, None)
 
+        nfetch = min(self.concurrency, max(1, len(tasks)))
+        nsync = self._nsync = 0 if self.check_mode or self.durability == "batch" else min(nfetch, 32)
+        fetchers = [threading.Thread(target=self._fetch_worker, args=(next_index,),
+                                     name=f"copy-fetch-{k}", daemon=True) for k in range(nfetch)]
+        syncers = [threading.Thread(target=self._sync_worker, name=f"copy-sync-{k}", daemon=True)
+                   for k in range(nsync)]
+        committer = threading.Thread(target=self._committer, name="copy-commit", daemon=True)
         try:
-            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                list(pool.map(work, range(len(tasks))))
+            for th in fetchers + syncers + [committer]:
+                th.start()
+            for th in fetchers:
+                th.join()
+            for dummy in syncers:
+                self._sync_q.put(None)
+            for th in syncers:
+                th.join()
+            self._commit_q.put(None)
+            committer.join()
         finally:
-            for sy in (self.syncer, self.fs_syncer):
-                if sy is not None:
-                    sy.close()
-            for c in list((getattr(self.local, "pool", None) or {}).values()):
+            with self.lock:
+                conns, self._conns = self._conns, []
+            for c in conns:
                 c.close()
         self.seconds = time.monotonic() - t0
-        return list(zip(tasks, results))
+        return list(zip(tasks, self._results))
 
     def _clean_tmp(self):
         """Remove temporary files a killed earlier run left (ours only: *.tmp, > 1 h old)."""
@@ -559,9 +714,9 @@ class Copier:
     def stats(self):
         return {"objects": sum(self.counts.values()), "by_status": dict(self.counts),
                 "by_reason": dict(self.reasons), "bytes_fetched": self.bytes_fetched,
-                "seconds": round(getattr(self, "seconds", 0.0), 3), "concurrency": self.concurrency,
-                "dir_syncs": self.syncer.syncs if self.syncer else 0,
-                "fs_syncs": self.fs_syncer.syncs if self.fs_syncer else 0,
+                "seconds": round(self.seconds, 3), "concurrency": self.concurrency,
+                "dir_syncs": self.dir_syncs, "fs_syncs": self.fs_syncs,
+                "commit_batches": self.commit_batches,
                 "durability": self.durability,
                 "paused": self.paused, "stopped": self.stopped}
 
@@ -595,12 +750,14 @@ def result_rows(pairs):
 
 def probe(tasks, sources, concurrency=8, timeout=30.0, max_bytes=256 * 1024 * 1024):
     """Read-only measurement for estimates: GET each task's object from its first
-    source, verify the MD5, write nothing. Returns objects/s, bytes/s and the
-    mean seconds per object seen by one stream, plus failures by reason."""
+    source (the copy engine's client), verify the MD5, write nothing. Returns
+    objects/s, bytes/s and the mean seconds per object seen by one stream, plus
+    failures by reason."""
     lock = threading.Lock()
     out = {"objects": 0, "bytes": 0, "failures": collections.Counter(), "latencies": []}
     local = threading.local()
     budget = [max_bytes]
+    conns = []
 
     def conn(base):
         pool = getattr(local, "pool", None)
@@ -608,10 +765,9 @@ def probe(tasks, sources, concurrency=8, timeout=30.0, max_bytes=256 * 1024 * 10
             pool = local.pool = {}
         c = pool.get(base)
         if c is None:
-            u = urlsplit(base)
-            cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
-            c = pool[base] = cls(u.hostname, u.port or (443 if u.scheme == "https" else 80),
-                                 timeout=timeout)
+            c = pool[base] = Connection(base, timeout=timeout)
+            with lock:
+                conns.append(c)
         return c
 
     def one(task):
@@ -623,24 +779,29 @@ def probe(tasks, sources, concurrency=8, timeout=30.0, max_bytes=256 * 1024 * 10
         base = (sources.get(srcs[0]) or f"http://{srcs[0]}").rstrip("/") if srcs else None
         if base is None:
             return
-        path = urlsplit(base).path + "/" + quote(path_owner) + "/" + quote(object_id)
+        path = "/" + quote(path_owner) + "/" + quote(object_id)
         t = time.monotonic()
+        c = conn(base)
         try:
-            c = conn(base)
-            c.request("GET", path)
-            r = c.getresponse()
+            r = c.request("GET", path)
             h = hashlib.md5()
             n = 0
-            while True:
-                b = r.read(CHUNK)
-                if not b:
-                    break
-                h.update(b)
-                n += len(b)
+            if r.status == 200:
+                mv = getattr(local, "buf", None)
+                if mv is None:
+                    mv = local.buf = memoryview(bytearray(CHUNK))
+                while True:
+                    k = c.readinto(r, mv)
+                    if not k:
+                        break
+                    h.update(mv[:k])
+                    n += k
+            else:
+                c.discard(r)
             ok = r.status == 200 and base64.b64encode(h.digest()).decode() == md5
             reason = None if ok else (f"http_{r.status}" if r.status != 200 else "md5_mismatch")
-        except (OSError, http.client.HTTPException) as exc:
-            (getattr(local, "pool", {}) or {}).pop(base, None)
+        except (OSError, HTTPClientError) as exc:
+            c.close()
             ok, n, reason = False, 0, type(exc).__name__
         dt = time.monotonic() - t
         with lock:
@@ -652,8 +813,12 @@ def probe(tasks, sources, concurrency=8, timeout=30.0, max_bytes=256 * 1024 * 10
                 out["failures"][reason] += 1
 
     t0 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, int(concurrency))) as pool:
-        list(pool.map(one, tasks))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, int(concurrency))) as pool:
+            list(pool.map(one, tasks))
+    finally:
+        for c in conns:
+            c.close()
     secs = max(time.monotonic() - t0, 1e-6)
     lat = out["latencies"]
     return {"objects": out["objects"], "bytes": out["bytes"], "seconds": round(secs, 4),

@@ -156,12 +156,17 @@ def test_dead_destination_server_is_transient_and_pauses(nodes, tmp_path):
     root = tmp_path / "d"
     root.mkdir()
     c = EC.Copier(str(root), {"src": src.url}, concurrency=1, verify_url=dead,
-                  pause_consecutive=5, pause_window=50)
+                  pause_consecutive=5, pause_window=50, pipeline_depth=2)
     res = [o for _, o in c.run(tasks)]
     assert c.paused and "in a row" in c.paused
     assert [o.status for o in res[:5]] == ["transient"] * 5
     assert res[0].reason == "destination_unavailable"
-    assert {o.status for o in res[5:]} == {"not_attempted"}
+    # copies already fetched when the pause came finish (at most the pipeline's depth
+    # and the one being fetched); no new one starts
+    k = next(i for i, o in enumerate(res) if o.status == "not_attempted")
+    assert k <= 5 + 2 + 1, [o.status for o in res]
+    assert {o.status for o in res[:k]} == {"transient"}
+    assert {o.status for o in res[k:]} == {"not_attempted"}
 
 
 def test_unreachable_source_falls_back_then_counts_as_transient(nodes):
@@ -223,3 +228,41 @@ def test_rate_limiter_live_change():
     assert time.monotonic() - t0 < 0.1
     rl.set_rate(1000)
     assert rl.rate == 1000.0
+
+
+@pytest.mark.skipif(not EC.syncfs_available(), reason="needs Linux syncfs(2)")
+def test_batch_durability_group_commits_with_syncfs(nodes):
+    src, dst = nodes["src"], nodes["dest"]
+    blobs = {f"b{i}": os.urandom(70000 + i) for i in range(12)}
+    for oid, b in blobs.items():
+        put(src.root, "own", oid, b)
+    put(dst.root, "own", "b0", blobs["b0"])                 # already in place
+    tasks = [[i, "own", oid, len(b), md5(b), ["src"]] for i, (oid, b) in enumerate(blobs.items())]
+    c = EC.Copier(dst.root, {"src": src.url}, concurrency=4, verify_url=dst.url, durability="batch")
+    res = {t[0]: o for t, o in c.run(tasks)}
+    assert (res[0].reason, res[0].fetched) == ("present", False)
+    assert all(res[i].status == "copied" and res[i].fetched for i in range(1, 12))
+    for oid, b in blobs.items():
+        assert open(os.path.join(dst.root, "own", oid), "rb").read() == b
+    st = c.stats()
+    assert st["durability"] == "batch" and st["fs_syncs"] >= 2 and st["dir_syncs"] == 0
+    assert os.listdir(os.path.join(dst.root, "manta_evacuate", "tmp")) == []
+
+
+def test_group_commit_syncs_each_directory_once_per_batch(nodes, monkeypatch):
+    src, dst = nodes["src"], nodes["dest"]
+    synced = []
+    real = EC._fsync_path
+    monkeypatch.setattr(EC, "_fsync_path", lambda d: (synced.append(d), real(d)))
+    for owner in ("a", "b"):
+        for i in range(30):
+            put(src.root, owner, f"o{i}", b"x" * (i + 1))
+    tasks = [[k, owner, f"o{i}", i + 1, md5(b"x" * (i + 1)), ["src"]]
+             for k, (owner, i) in enumerate((o, i) for o in ("a", "b") for i in range(30))]
+    c = EC.Copier(dst.root, {"src": src.url}, concurrency=8, verify_url=dst.url)
+    res = [o for _, o in c.run(tasks)]
+    assert all(o.status == "copied" and o.fetched for o in res)
+    st = c.stats()
+    # every directory sync serves a batch; never more than one per directory and batch
+    assert st["dir_syncs"] == len(synced) <= 2 * st["commit_batches"] + 2
+    assert set(synced) >= {os.path.join(dst.root, "a"), os.path.join(dst.root, "b"), dst.root}
