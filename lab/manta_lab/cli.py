@@ -158,11 +158,12 @@ def down(cfg):
     # Anything else the lab started and recorded (e.g. a stray load run).
     for name in procs.names(cfg):
         procs.stop(cfg, name)
-    st = cfg.path("status.json")
-    if st.exists():
-        data = json.loads(st.read_text())
-        data["up"] = False
-        st.write_text(json.dumps(data, indent=2) + "\n")
+    with cfg.locked(STATUS_LOCK):
+        st = cfg.path("status.json")
+        if st.exists():
+            data = json.loads(st.read_text())
+            data["up"] = False
+            _write_json_atomic(st, data)
 
 
 # ---- status ------------------------------------------------------------------
@@ -190,9 +191,9 @@ def status(cfg):
         name = cfg.shard_name(n)
         out["shards"][name] = {"pnode": cfg.pnode(name), **shard.describe(cfg, name),
                                "morays": moray.describe(cfg, name)}
-    # Shards created later (a reshard's new shard) show up too.
+    # Shards created later (a reshard's new shard: its morays may come before its peers) show up too.
     known = set(out["shards"])
-    for z in zones.all_zones(cfg, kind="postgres"):
+    for z in zones.all_zones(cfg, kind="postgres") + zones.all_zones(cfg, kind="moray"):
         s = z.get("shard")
         if s and s not in known:
             known.add(s)
@@ -205,12 +206,36 @@ def status(cfg):
     return out
 
 
+STATUS_LOCK = ".status.lock"
+
+
+def _write_json_atomic(path, data):
+    """Write ``path`` whole or not at all: a temporary file of its own in the same directory, then a
+    rename over it, so a reader (the lab inventory, `cat`) never sees a half-written file and two
+    writers never share a temporary file."""
+    import os
+    import tempfile
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def write_status(cfg):
-    st = status(cfg)
-    f = cfg.path("status.json")
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(st, indent=2) + "\n")
-    tmp.replace(f)
+    """Compute the status and write ``<home>/status.json`` atomically. Writers (`lab up`, `lab status`,
+    the lab VMAPI after each job that creates, reprovisions or destroys a zone) are serialised by a lock
+    held from the computation to the rename, so the file last written is always the latest view."""
+    with cfg.locked(STATUS_LOCK):
+        st = status(cfg)
+        _write_json_atomic(cfg.path("status.json"), st)
     return st
 
 
@@ -247,7 +272,14 @@ def main(argv=None):
             print("lab: down (data kept in %s)" % cfg.home)
         elif args.cmd == "status":
             _require_created(cfg)
-            st = status(cfg)
+            # computed live (zone records, ZooKeeper, processes); status.json is refreshed on the way
+            st = None
+            if cfg.path("status.json").exists() and procs.alive(cfg, "zookeeper"):
+                try:
+                    st = write_status(cfg)
+                except OSError:       # a lab home this user cannot write: report only
+                    st = None
+            st = st or status(cfg)
             if args.json:
                 print(json.dumps(st, indent=2))
             else:

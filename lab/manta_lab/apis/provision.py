@@ -26,6 +26,8 @@ config-agent would fetch from SAPI: application ← service ← instance
 metadata, plus SERVER_UUID, ZONE_UUID and INSTANCE_UUID.
 """
 import importlib
+import threading
+import time
 
 from .. import zones
 from ..config import LabError
@@ -170,3 +172,61 @@ def _kind_module(zone):
         return zones.handler(zone["kind"])
     except (LabError, ImportError):
         return None
+
+
+class StatusRefresher:
+    """Keeps ``<home>/status.json`` (and so anything reading it) in step with the zones.
+
+    After every VMAPI job that created, reprovisioned, destroyed, renamed, started or stopped a zone,
+    ``kick()`` asks for a rewrite; one background thread does it (manta_lab.cli.write_status: computed
+    from the zone records and ZooKeeper, written to a temporary file and renamed, under the status lock).
+    Kicks that arrive while it writes are coalesced into one more write, so a burst of jobs (a reshard's
+    three reprovisions) costs one or two rewrites, and never delays a job: the job is reported finished
+    first. Nothing is written for a lab that was never brought up (no status.json)."""
+
+    SETTLE = 0.05   # seconds: let the jobs of a burst finish before computing
+
+    def __init__(self, cfg, log=None):
+        self.cfg = cfg
+        self.log = log or (lambda msg: None)
+        self.wanted = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.thread = None
+        self.lock = threading.Lock()
+        self.writes = 0
+
+    def kick(self):
+        if not self.cfg.path("status.json").exists():
+            return
+        with self.lock:
+            self.idle.clear()
+            self.wanted.set()
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, daemon=True, name="status-refresh")
+                self.thread.start()
+
+    def wait(self, timeout=30.0):
+        """Block until no rewrite is pending (tests, shutdown)."""
+        return self.idle.wait(timeout)
+
+    def _loop(self):
+        from ..cli import write_status
+        while True:
+            if not self.wanted.wait(timeout=5.0):
+                with self.lock:
+                    if not self.wanted.is_set():
+                        self.thread = None
+                        self.idle.set()
+                        return
+                continue
+            time.sleep(self.SETTLE)
+            self.wanted.clear()
+            try:
+                write_status(self.cfg)
+                self.writes += 1
+            except Exception as exc:  # noqa: BLE001 - a status file is not worth failing the API for
+                self.log(f"vmapi: status.json refresh failed: {type(exc).__name__}: {exc}")
+            with self.lock:
+                if not self.wanted.is_set():
+                    self.idle.set()

@@ -183,6 +183,10 @@ class Jobs:
             except Exception as exc2:  # keep the original error
                 log(f"vmapi: job {juuid}: on failure: {exc2}")
             self._set(job, execution="failed", elapsed=round(time.monotonic() - t0, 3))
+        # reported finished first; then status.json follows the zones (in the background)
+        hook = getattr(self.vmapi, "zones_changed", None)
+        if hook is not None:
+            hook(job)
 
     def wait(self, juuid, timeout=3600):
         deadline = time.monotonic() + timeout
@@ -225,6 +229,7 @@ class Vmapi:
         self.networks = lab_networks(self.cfg)
         self.jobs = Jobs(self)
         self.vm_locks = collections.defaultdict(threading.Lock)
+        self.status_file = provision.StatusRefresher(self.cfg, log=log)
         s = self.service = Service("vmapi", f"vmapi/{VERSION}")
         s.add("GET", "/ping", self.ping)
         s.add("GET", "/vms", self.list_vms)
@@ -528,6 +533,13 @@ class Vmapi:
         return {"update": out}
 
     # ---- job execution (called from a job thread) ------------------------------------
+    ZONE_TASKS = ("provision", "reprovision", "destroy", "update", "start", "stop", "reboot", "kill")
+
+    def zones_changed(self, job):
+        """After a job that may have created, changed or destroyed a zone: status.json is rewritten."""
+        if (job.get("params") or {}).get("task") in self.ZONE_TASKS:
+            self.status_file.kick()
+
     def kind_and_metadata(self, vm):
         """The zone kind (SAPI service name) and its config-agent metadata."""
         sapi = self.app.sapi
