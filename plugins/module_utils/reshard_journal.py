@@ -305,7 +305,7 @@ def summary(doc, now=None):
         "new_shard": doc.get("new_shard"), "phase": doc.get("phase"),
         "phase_number": PHASE_NAMES.index(doc["phase"]) + 1 if doc.get("phase") in PHASE_DOC else None,
         "phase_count": len(PHASES), "paused_before": doc.get("paused_before"),
-        "created": doc.get("created"), "completed": doc.get("completed"),
+        "created": doc.get("created"), "completed": doc.get("completed"), "aborted": doc.get("aborted"),
         "elapsed_seconds": round((end or t) - created, 3) if created else None,
         "phases": rows, "window": window(doc),
         "vnodes_moving": len(unpack_vnodes((doc.get("inputs") or {}).get("vnodes"))),
@@ -318,7 +318,10 @@ def render_text(summ, locks=None):
     """The human status: RFD 103 "Outputs" (phases, current phase, locks, time per phase, window)."""
     lines = [f"plan {summ['plan']}  {summ['shard']} -> {summ['new_shard']}  "
              f"state {summ['state']}  vnodes moving {summ['vnodes_moving']}"]
-    if summ.get("phase"):
+    if summ.get("state") == "aborted":
+        lines.append(f"aborted {summ.get('aborted') or ''} before phase {summ.get('phase') or '?'} "
+                     f"({summ.get('phase_number') or '?'}/{summ['phase_count']}); rolled back by reshard_abort.yml")
+    elif summ.get("phase"):
         lines.append(f"current phase: {summ['phase']} ({summ['phase_number']}/{summ['phase_count']})"
                      + ("  [paused before it]" if summ.get("paused_before") else ""))
     elif summ.get("state") == "completed":

@@ -107,3 +107,15 @@ def test_fmt_duration():
     assert rj.fmt_duration(3.21) == "3.2s"
     assert rj.fmt_duration(125) == "2m05s"
     assert rj.fmt_duration(3725) == "1h02m05s"
+
+
+def test_aborted_plan_text_names_the_abort_not_a_pause():
+    d = rj.new_plan("p1", "1.moray.x", "3.moray.x", {"vnodes": "0-3"}, now=0.0)
+    rj.phase_start(d, "validate", now=0.0)
+    rj.phase_end(d, "validate", now=1.0)
+    d["paused_before"] = "critical_section_enter"
+    d["state"], d["aborted"] = "aborted", "2026-11-22T04:00:00.000Z"
+    text = rj.render_text(rj.summary(d, now=5.0))
+    assert "state aborted" in text
+    assert "aborted 2026-11-22T04:00:00.000Z before phase critical_section_enter (2/22)" in text
+    assert "paused before it" not in text and "current phase" not in text
