@@ -8,11 +8,12 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from proctree import kill_tree
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
@@ -58,11 +59,8 @@ def start_play(lab, playbook, extra, log_path):
 
 
 def kill_play(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
+    """SIGKILL the play and every process it started (a controller crash)."""
+    kill_tree(proc)
 
 
 def base_vars(tmp_path, job, **kw):
