@@ -9,7 +9,9 @@ _value of reference/evacuate.md §1.3, two sharks each among ``--nodes`` storage
 so one node holds about 2/nodes of them, as in a region with many nodes). The
 candidate is the module's whole scan: windows of ``_id``, the server-side
 pre-filter, the exact JSON check, and the matches stored in a job store on the
-storage shard's primary (as the module does, progress included). Rates are table
+storage shard's primary (as the module does: ``--parallel`` window queries and
+as many job-store writers, progress included). Cases: 1, 8, 30 and 90 nodes
+evacuated at once (``--cases`` runs the first N). Rates are table
 rows per second; best of ``--repeat`` runs, baseline and candidate interleaved.
 
     .venv/bin/python bench/evacuate_scan_bench.py [--rows 300000] [--nodes 100]
@@ -18,6 +20,7 @@ import argparse
 import base64
 import hashlib
 import io
+import os
 import time
 import uuid
 
@@ -46,6 +49,16 @@ def cleanup(dsn):
         cur.execute("DELETE FROM manta WHERE _key LIKE %s", (f"/{owner}/stor/scanbench/%",))
     c.commit()
     c.close()
+
+
+def bench_rows(dsn):
+    owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "bench-owner"))
+    c = psycopg2.connect(dsn)
+    with c.cursor() as cur:
+        cur.execute("SELECT count(*) FROM manta WHERE _key LIKE %s", (f"/{owner}/stor/scanbench/%",))
+        n = cur.fetchone()[0]
+    c.close()
+    return n
 
 
 def fill(dsn, rows, nodes, domain):
@@ -121,13 +134,17 @@ def candidate(dsn, job_dsn, nodes, chunk, parallel):
         store.start_scan(job, 1, "s", col, S.max_id(c0, col))
         starts[col] = 0
     c0.close()
-    sk = S.StoreSink(JobStore(psycopg2.connect(job_dsn), "evac_bench"), job, 1, "s")
+    sk = S.StoreSink(JobStore(psycopg2.connect(job_dsn), "evac_bench"), job, 1, "s",
+                     writers=parallel,
+                     new_store=lambda: JobStore(psycopg2.connect(job_dsn), "evac_bench"))
     t = time.monotonic()
     st = S.ShardScan("s", lambda: psycopg2.connect(dsn), nodes, sk.sink, start=starts, chunk=chunk,
                      parallel=parallel).run()
     sk.close()
     dt = time.monotonic() - t
     cur = jconn.cursor()
+    cur.execute("SELECT count(DISTINCT key) FROM evac_bench.objects WHERE job = %s", (job,))
+    candidate.objects = cur.fetchone()[0]
     cur.execute("DELETE FROM evac_bench.objects WHERE job = %s", (job,))
     cur.execute("DELETE FROM evac_bench.scan_progress WHERE job = %s", (job,))
     cur.execute("DELETE FROM evac_bench.jobs WHERE job = %s", (job,))
@@ -143,8 +160,10 @@ def main():
     ap.add_argument("--nodes", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=S.DEFAULT_CHUNK)
-    ap.add_argument("--cases", type=int, default=3, help="how many of the cases to run")
+    ap.add_argument("--cases", type=int, default=4, help="how many of the cases to run")
     ap.add_argument("--parallel", type=int, default=3)
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the rows in the shard at the end, and reuse them when present")
     a = ap.parse_args()
     lab = bench_lab()
     st = lab.status
@@ -153,8 +172,9 @@ def main():
     dsn = lab.primary_dsn(shard)
     job_dsn = lab.primary_dsn(f"1.moray.{dom}")
     t0 = time.monotonic()
-    cleanup(dsn)
-    fill(dsn, a.rows, a.nodes, dom)
+    if not (a.keep and bench_rows(dsn) == a.rows):
+        cleanup(dsn)
+        fill(dsn, a.rows, a.nodes, dom)
     c = psycopg2.connect(dsn)
     cur = c.cursor()
     cur.execute("SELECT count(*), pg_size_pretty(pg_total_relation_size('manta')) FROM manta")
@@ -163,21 +183,25 @@ def main():
     print(f"{shard}: {total} rows ({size}) after adding {a.rows} in {time.monotonic() - t0:.1f}s")
     cases = [("1 node", [node_id(7, dom)]),
              ("8 nodes", [node_id(i, dom) for i in range(8)]),
-             ("30 nodes (JSON pre-filter)", [node_id(i, dom) for i in range(30)])]
+             ("30 nodes", [node_id(i, dom) for i in range(30)]),
+             ("90 nodes", [node_id(i, dom) for i in range(90)])]
     out = {"rows": total, "table_size": size, "nodes_in_region": a.nodes, "cases": []}
     for name, nodes in cases[:a.cases]:
         b, s = best_of(a.repeat, lambda: baseline(dsn),
                        lambda: candidate(dsn, job_dsn, nodes, a.chunk, a.parallel))
         ratio = b / s
-        row = {"case": name, "matched": candidate.matched,
-               "selectivity": round(candidate.matched / total, 4),
+        row = {"case": name, "nodes": len(nodes), "matched": candidate.matched,
+               "objects_matched": candidate.objects,
+               "selectivity": round(candidate.objects / total, 4),
                "baseline_rows_per_s": round(total / b), "scan_rows_per_s": round(total / s),
-               "baseline_s": round(b, 3), "scan_s": round(s, 3), "ratio": round(ratio, 2)}
+               "baseline_s": round(b, 3), "scan_s": round(s, 3), "ratio": round(ratio, 2),
+               "load": [round(x, 2) for x in os.getloadavg()]}
         out["cases"].append(row)
-        print(f"{name:<28} matched {row['matched']:>7} ({row['selectivity'] * 100:.1f}%)  "
+        print(f"{name:<10} copies {row['matched']:>7}, rows {row['selectivity'] * 100:.1f}%  "
               f"COPY {row['baseline_rows_per_s']:>9} rows/s  scan {row['scan_rows_per_s']:>9} rows/s  "
-              f"ratio {ratio:.2f} (target >= 0.5)", flush=True)
-    cleanup(dsn)
+              f"ratio {ratio:.2f} (target >= 0.5)  load {row['load'][0]}", flush=True)
+    if not a.keep:
+        cleanup(dsn)
     save("scan", out)
 
 

@@ -23,12 +23,15 @@ from ``/manatee/<shard>/state``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
 import traceback
 
-from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_args
 
 PSYCOPG2_IMP_ERR = None
 try:
@@ -79,7 +82,7 @@ TRANSIENT_REASONS = ("source_unreachable", "source_timeout", "source_http_5xx",
                      "destination_io_error", "destination_unavailable", "not_attempted",
                      "destination_failed")
 
-DEFAULT_SCHEMA = "manta_evacuate"
+DEFAULT_SCHEMA = evacuate_args.DEFAULT_SCHEMA
 MPU_RE = re.compile(r"^/[^/]+/uploads/")
 SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -94,74 +97,28 @@ def require_psycopg2(module):
         module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMP_ERR)
 
 
+@contextlib.contextmanager
+def module_errors(module, ctx, result, name, expected=()):
+    """Around the body of an evacuation module's ``main()``: an :class:`EvacError` (or one of
+    ``expected``) fails the task with its message, anything else with its type (``name``
+    failed: ...), both with the partial ``result``; the connections of ``ctx`` are closed
+    either way (also when the body exits the module itself)."""
+    try:
+        yield
+    except (EvacError,) + tuple(expected) as exc:
+        ctx.close()
+        module.fail_json(msg=str(exc), **result)
+    except Exception as exc:  # noqa: BLE001 - psycopg2 and friends
+        ctx.close()
+        module.fail_json(msg=f"{name} failed: {type(exc).__name__}: {exc}", **result)
+    finally:
+        ctx.close()
+
+
 def connection_argument_spec():
-    """Options that say where the job store and the shards are."""
-    return dict(
-        job_dsn=dict(type="str", no_log=True, fallback=(env_fallback, ["MANTA_EVACUATE_DSN"])),
-        job_schema=dict(type="str", default=DEFAULT_SCHEMA),
-        storage_shard=dict(type="str"),
-        zk_servers=dict(type="str", fallback=(env_fallback, ["MANTA_ZK_SERVERS"])),
-        zk_timeout=dict(type="float", default=10.0),
-        sapi_url=dict(type="str", fallback=(env_fallback, ["MANTA_SAPI_URL"])),
-        pg_user=dict(type="str", fallback=(env_fallback, ["MANTA_PG_USER"])),
-        pg_password=dict(type="str", no_log=True, fallback=(env_fallback, ["MANTA_PG_PASSWORD"])),
-        pg_connect_timeout=dict(type="int", default=5),
-        pg_query_timeout=dict(type="float", default=120.0),
-    )
-
-
-CONNECTION_DOC = """
-  job_dsn:
-    description:
-      - libpq connection string of the PostgreSQL that holds the job store, for example
-        V(host=10.0.0.5 dbname=evacuate user=ops).
-      - When not set (the default), the job store is the schema O(job_schema) in database
-        C(moray) on the primary of C(STORAGE_MORAY_SHARD), found through ZooKeeper, so that
-        it survives the controller (AWX runs in throwaway containers) and follows a manatee
-        failover.
-      - If not set, the environment variable E(MANTA_EVACUATE_DSN) is used. Never shown in output.
-    type: str
-  job_schema:
-    description: PostgreSQL schema of the job store tables.
-    type: str
-    default: manta_evacuate
-  storage_shard:
-    description:
-      - The shard holding C(manta_storage) (the heartbeats) and, by default, the job store.
-      - Default is C(STORAGE_MORAY_SHARD) from the SAPI C(manta) application.
-    type: str
-  zk_servers:
-    description:
-      - ZooKeeper connect string (C(host:port,...)) used to find each shard's primary in
-        C(/manatee/<shard>/state).
-      - If not set, the environment variable E(MANTA_ZK_SERVERS) is used.
-    type: str
-  zk_timeout:
-    description: Seconds to wait for ZooKeeper.
-    type: float
-    default: 10
-  sapi_url:
-    description:
-      - SAPI URL, to read C(INDEX_MORAY_SHARDS) and C(STORAGE_MORAY_SHARD). If not set, the
-        environment variable E(MANTA_SAPI_URL) is used.
-    type: str
-  pg_user:
-    description:
-      - PostgreSQL user for the shard primaries (default the user of the peer's C(pgUrl),
-        C(postgres)). If not set, E(MANTA_PG_USER) is used.
-    type: str
-  pg_password:
-    description: PostgreSQL password, if required. If not set, E(MANTA_PG_PASSWORD) is used.
-    type: str
-  pg_connect_timeout:
-    description: Seconds to wait for each PostgreSQL connection.
-    type: int
-    default: 5
-  pg_query_timeout:
-    description: Statement timeout, in seconds, for each query on the shards and the job store.
-    type: float
-    default: 120
-"""
+    """Options that say where the job store and the shards are (the modules build
+    their specs with evacuate_args.argument_spec; this stays for other callers)."""
+    return evacuate_args.argument_spec("connection", "job_store")
 
 
 def check_job_name(job):
@@ -186,7 +143,7 @@ def default_job_name(storage_ids):
 
 
 def is_mpu_part(key):
-    return bool(MPU_RE.match(key or ""))
+    return bool(key) and "/uploads/" in key and bool(MPU_RE.match(key))
 
 
 def now_ms():

@@ -9,14 +9,19 @@ query is short, touches a bounded slice of the ``_id`` index, holds no
 snapshot open for hours, and the last id done is a resume point::
 
     SELECT _id, _key, _etag, _value FROM manta
-     WHERE _id > $lo AND _id <= $lo + chunk AND type = 'object'
-       AND _value LIKE ANY ('{%"3.stor.example.com"%, ...}')      -- server-side pre-filter
+     WHERE _id > $lo AND _id <= $lo + chunk AND type = 'object' AND <pre-filter>
 
-The pre-filter drops the rows that cannot match inside PostgreSQL. Every row it
-keeps is then parsed and checked exactly (``sharks[].manta_storage_id`` equal
-to an evacuated node), so a storage id that appears elsewhere in the value
-(a header, a key) is never mistaken for a copy. With more evacuated nodes
-than ``max_like_patterns`` the pre-filter is the equivalent JSON test in SQL.
+The pre-filter drops the rows that cannot match inside PostgreSQL (see
+:func:`window_query`): for one node (up to ``max_like_patterns``) ``_value LIKE
+'%"<id>"%'``; for more, one pass that cuts the storage ids out of the value
+(text after each ``"manta_storage_id"``) and tests them against the set of
+nodes, a hashed ``= ANY`` whose cost does not grow with the number of nodes.
+Every row it keeps is then parsed and checked exactly
+(``sharks[].manta_storage_id`` equal to an evacuated node), so a storage id
+that appears elsewhere in the value (a header, a key) is never mistaken for a
+copy. The parse is orjson's when it is installed (about 4x the standard
+library's on a manta value), the standard library's otherwise or when orjson
+refuses a value (NaN, lone surrogates), so the outcome never depends on it.
 
 ``parallel`` fetch connections per shard keep the next windows' queries
 running in PostgreSQL while the previous window is parsed and stored, so the
@@ -37,8 +42,20 @@ import time
 from ansible_collections.manta.ops.plugins.module_utils.evacuate_common import (
     EvacError, is_mpu_part, psycopg2, sql)
 
+try:  # optional: a faster exact parse (requirements.txt pins it); same results either way
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the controller's Python
+    _orjson = None
+
 DEFAULT_CHUNK = 10000
-DEFAULT_MAX_LIKE = 16
+# Up to this many nodes the pre-filter is one LIKE per node over the value; with more,
+# the storage-id extraction (its cost does not depend on the number of nodes).
+DEFAULT_MAX_LIKE = 1
+# Storage ids the extraction reads per row; a row naming "manta_storage_id" more often
+# falls back to the LIKE test (so nothing is ever dropped that names a node).
+EXTRACT_SHARKS = 3
+MAX_BIGINT = (1 << 63) - 1
+SID_KEY = '"manta_storage_id"'
 
 
 def like_escape(text):
@@ -73,41 +90,80 @@ def max_id(conn, col):
     return int(v or 0)
 
 
+def _storage_id_at(k):
+    """SQL for the text after the (k-1)-th ``"manta_storage_id"`` of ``_value``, up to the
+    next quote once the separator (whitespace, colon, opening quote) is trimmed: the
+    storage id when that occurrence is a key with a string value."""
+    return sql.SQL("split_part(ltrim(split_part(_value, {key}, {k}), {trim}), '\"', 1)").format(
+        key=sql.Literal(SID_KEY), k=sql.Literal(int(k)), trim=sql.Literal(' \t\n\r:"'))
+
+
 def window_query(col, nodes, max_like=DEFAULT_MAX_LIKE):
     """(query, extra params) for one id window [lo, hi].
 
-    Up to 3 nodes: ``_value LIKE ANY``. From 4: the same patterns on the tail of the
-    value from its first ``"sharks":`` (where the top-level array must be; the
-    whole value when there is none), so each extra node costs a pass over ~150
-    bytes instead of the whole value. Above ``max_like`` nodes: the JSON test in SQL.
-    The pre-filter may keep rows that do not match (the exact check drops them);
-    it never drops one that does."""
+    Up to ``max_like`` nodes: ``_value LIKE ANY`` (``%"<id>"%`` per node). With more:
+    the storage id after each of the first :data:`EXTRACT_SHARKS` occurrences of
+    ``"manta_storage_id"`` (``split_part`` passes, which search like ``strpos``)
+    ``= ANY`` the nodes, which PostgreSQL hashes from 9 elements on, so the cost per
+    row is the same for 2 nodes or 90; a row with more occurrences than that is
+    tested with the LIKE patterns (a usual row, two copies, costs three passes). Whitespace around the colon is allowed, as in
+    the LIKE form. Both assume what moray writes (``JSON.stringify``): storage ids
+    and that key are not spelled with ``\\u`` escapes. The pre-filter may keep
+    rows that do not match (the exact check drops them); it never drops one that does."""
     c = sql.Identifier(col)
-    if len(nodes) <= 3:
+    if len(nodes) <= max_like:
         filt = sql.SQL("_value LIKE ANY (%s)")
         extra = [like_patterns(nodes)]
-    elif len(nodes) <= max_like:
-        filt = sql.SQL("substr(_value, strpos(_value, '\"sharks\":')) LIKE ANY (%s)")
-        extra = [like_patterns(nodes)]
     else:
-        filt = sql.SQL("EXISTS (SELECT 1 FROM json_array_elements(_value::json -> 'sharks') e "
-                       "WHERE e ->> 'manta_storage_id' = ANY (%s))")
-        extra = [list(nodes)]
+        # id 1 OR id 2 OR (a 3rd occurrence AND (id 3 OR (a 4th AND LIKE))): a row naming
+        # the key twice (two copies, the usual case) costs three split_part passes
+        def more(k):
+            return sql.SQL("split_part(_value, {key}, {k}) <> ''").format(
+                key=sql.Literal(SID_KEY), k=sql.Literal(k))
+        filt = sql.SQL("(") + more(EXTRACT_SHARKS + 2) + sql.SQL(" AND _value LIKE ANY (%s))")
+        for k in range(EXTRACT_SHARKS + 1, 1, -1):
+            filt = sql.SQL("({} = ANY (%s) OR ").format(_storage_id_at(k)) + filt + sql.SQL(")")
+            if k >= 4:
+                filt = sql.SQL("(") + more(k) + sql.SQL(" AND ") + filt + sql.SQL(")")
+        extra = [list(nodes)] * EXTRACT_SHARKS + [like_patterns(nodes)]
     q = sql.SQL("SELECT {c}, _key, _etag, _value FROM manta WHERE {c} > %s AND {c} <= %s "
                 "AND type = 'object' AND ").format(c=c) + filt
     return q, extra
 
 
-def classify(key, mid, etag, raw, nodes):
+def loads(raw):
+    """The value's JSON: orjson's parse when it takes it, else the standard library's
+    (which also decides the values orjson refuses: NaN, Infinity, lone surrogates)."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(raw)
+        except (TypeError, ValueError):
+            pass
+    return json.loads(raw)
+
+
+def _compact_sharks(sharks):
+    pairs = [[s.get("datacenter"), s.get("manta_storage_id")] if isinstance(s, dict)
+             else [None, None] for s in sharks]
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(pairs).decode()
+        except (TypeError, ValueError):
+            pass
+    return json.dumps(pairs, separators=(",", ":"))
+
+
+def classify(key, mid, etag, raw, nodes, nodeset=None):
     """Rows to store for one candidate ``manta`` row.
 
     Returns a list of tuples (key, node, mid, object_id, owner, path_owner, size,
     md5, etag, sharks_json, status, reason, detail), one per evacuated node the
     object really names in ``sharks`` (empty when the pre-filter matched
-    something else).
+    something else), in the order of ``sharks``. ``nodeset``: ``frozenset(nodes)``,
+    when the caller has it already.
     """
     try:
-        v = json.loads(raw)
+        v = loads(raw)
     except (TypeError, ValueError) as exc:
         hits = [n for n in nodes if f'"{n}"' in (raw or "")]
         return [(key, n, mid, None, None, None, 0, None, etag, None, "error", "bad_manta_object",
@@ -117,18 +173,32 @@ def classify(key, mid, etag, raw, nodes):
     sharks = v.get("sharks")
     if not isinstance(sharks, list):
         return []
+    if nodeset is None:
+        nodeset = frozenset(nodes)
     ids = [s.get("manta_storage_id") if isinstance(s, dict) else None for s in sharks]
-    matched = [n for n in nodes if n in ids]
+    matched = [i for i in ids if isinstance(i, str) and i in nodeset]
     if not matched:
         return []
-    compact = json.dumps([[s.get("datacenter"), s.get("manta_storage_id")] if isinstance(s, dict)
-                          else [None, None] for s in sharks], separators=(",", ":"))
+    once = True  # no evacuated node is named twice
+    if len(matched) > 1:
+        hits = len(matched)
+        matched = list(dict.fromkeys(matched))
+        once = len(matched) == hits
+    compact = _compact_sharks(sharks)
     owner = v.get("owner")
     creator = v.get("creator")
     path_owner = creator or owner
     oid = v.get("objectId")
     size = v.get("contentLength")
     md5 = v.get("contentMD5")
+    etag = (etag or "").strip()
+    number = isinstance(size, (int, float)) and not isinstance(size, bool)
+    if isinstance(oid, str) and oid and isinstance(path_owner, str) and path_owner \
+            and isinstance(md5, str) and md5 and number and isinstance(size, int) \
+            and 0 < size <= MAX_BIGINT and isinstance(owner, str) and once and not is_mpu_part(key):
+        # the common case: a well-formed object with one copy on each named node
+        return [(key, n, mid, oid, owner, path_owner, size, md5, etag, compact, "pending", None,
+                 None) for n in matched]
     out = []
     for n in matched:
         status, reason, detail = "pending", None, None
@@ -140,19 +210,19 @@ def classify(key, mid, etag, raw, nodes):
             detail = f"{n} appears {ids.count(n)} times in sharks"
         elif is_mpu_part(key):
             status, reason = "skipped", "mpu_part"
-        elif isinstance(size, (int, float)) and not isinstance(size, bool) and size == 0:
+        elif number and size == 0:
             status, reason = "skipped", "zero_byte"
         elif not isinstance(md5, str) or not md5:
             status, reason = "error", "bad_manta_object"
             detail = "no contentMD5 to verify a copy against"
-        elif not isinstance(size, (int, float)) or isinstance(size, bool) or size < 0:
+        elif not number or not 0 <= size <= MAX_BIGINT:
             status, reason = "error", "bad_manta_object"
             detail = f"contentLength {size!r} is not a byte count"
         out.append((key, n, mid, oid if isinstance(oid, str) else None,
                     owner if isinstance(owner, str) else None,
                     path_owner if isinstance(path_owner, str) else None,
-                    int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else 0,
-                    md5 if isinstance(md5, str) else None, (etag or "").strip(), compact,
+                    int(size) if number and 0 <= size <= MAX_BIGINT else 0,
+                    md5 if isinstance(md5, str) else None, etag, compact,
                     status, reason, detail))
     return out
 
@@ -173,6 +243,7 @@ class ShardScan:
         self.shard = shard
         self.connect = connect
         self.nodes = list(nodes)
+        self.nodeset = frozenset(self.nodes)
         self.sink = sink
         self.start = dict(start or {})
         self.chunk = max(100, int(chunk))
@@ -283,9 +354,9 @@ class ShardScan:
                     b, rows, qsecs = ready.pop(a)
                 t = time.monotonic()
                 out = []
-                nodes = self.nodes
+                nodes, nodeset = self.nodes, self.nodeset
                 for mid, key, etag, raw in rows:
-                    out.extend(classify(key, mid, etag, raw, nodes))
+                    out.extend(classify(key, mid, etag, raw, nodes, nodeset))
                 self.sink(col, out, b, b - a, qsecs + (time.monotonic() - t), False, top)
                 self.stats["windows"] += 1
                 self.stats["matched"] += len(out)
@@ -349,41 +420,168 @@ def scan_shards(shards, connect_for, nodes, sink_for, starts=None, chunk=DEFAULT
 
 
 class StoreSink:
-    """Hands one shard's windows to the job store on a thread of its own (its own
-    connection), in order, so parsing the next window overlaps storing this one.
+    """Hands one shard's windows to the job store on threads of their own (their own
+    connections), so parsing the next windows overlaps storing these.
+
+    Consecutive windows are merged into one COPY and one transaction of up to
+    ``batch_rows`` matches (handed on earlier when a writer is idle and there are
+    ``min_rows``, or when ``max_wait`` seconds passed, or at the column's last
+    window), so the per-transaction costs (the commit waits for the sync peer) are
+    paid per batch, not per window, and little is left to store when the scan ends.
+
+    With ``writers`` > 1 (``new_store`` makes their JobStores), batches are stored
+    by that many connections at once, so the job store's inserts and index updates
+    run in as many backends; the watermark then moves in a transaction of its own,
+    only over batches that are all stored, so a killed scan resumes after the last
+    of those (a batch stored beyond it is stored again: an update, not a copy).
+    With one writer, rows and watermark share a transaction.
 
     ``store`` is a JobStore with a connection used by this sink only. Call
-    ``sink`` as ShardScan's sink, then ``close()`` (raises what the writer hit).
+    ``sink`` as ShardScan's sink, then ``close()`` (raises what a writer hit).
     """
 
-    def __init__(self, store, job, pass_no, shard, depth=2):
+    def __init__(self, store, job, pass_no, shard, depth=8, batch_rows=5000, max_wait=2.0,
+                 writers=1, new_store=None, min_rows=1000):
         self.store = store
         self.job = job
         self.pass_no = pass_no
         self.shard = shard
+        self.batch_rows = batch_rows
+        self.min_rows = min_rows
+        self.max_wait = max_wait
+        self.idle = 0           # writers waiting for a batch
         self.q = queue.Queue(maxsize=depth)
         self.err = None
         self.new = 0
         self.updated = 0
+        self.batches = 0
+        self.lock = threading.Lock()
+        self.seq = 0            # batches handed out
+        self.marked = 0         # batches covered by the stored watermark
+        self.stored = {}        # seq -> batch, stored but not yet under the watermark
+        self.stores = []
+        self.wq = None
+        self.writers = []
+        if writers > 1 and new_store is not None:
+            self.wq = queue.Queue(maxsize=writers)
+            for i in range(writers):
+                st = new_store()
+                self.stores.append(st)
+                th = threading.Thread(target=self._write, args=(st,), name=f"store-{shard}-{i}",
+                                      daemon=True)
+                th.start()
+                self.writers.append(th)
         self.th = threading.Thread(target=self._run, name=f"store-{shard}", daemon=True)
         self.th.start()
 
-    def _run(self):
+    def _fresh(self, b):
+        return self.pass_no == 1 and b["col"] == "_id"
+
+    def _flush(self, b):
+        if b is None or self.err is not None:
+            return
+        if self.wq is not None:
+            b["seq"] = self.seq
+            self.seq += 1
+            self.wq.put(b)
+            return
+        try:
+            ins, upd = self.store.store_scanned(
+                self.job, self.pass_no, self.shard, b["col"], b["rows"], b["last_id"], b["ids"],
+                b["seconds"], done=b["finished"], max_id=b["max_id"], fresh=self._fresh(b))
+            self.new += ins
+            self.updated += upd
+            self.batches += 1
+        except Exception as exc:  # noqa: BLE001 - re-raised by sink/close
+            self.err = exc
+
+    def _write(self, st):
         while True:
-            item = self.q.get()
+            with self.lock:
+                self.idle += 1
+            b = self.wq.get()
+            with self.lock:
+                self.idle -= 1
+            if b is None:
+                return
+            if self.err is not None:
+                continue
+            try:
+                for attempt in range(3):
+                    try:
+                        ins, upd = st.store_rows(self.job, self.pass_no, self.shard, b["rows"],
+                                                 fresh=self._fresh(b))
+                        break
+                    except psycopg2.errors.DeadlockDetected:
+                        # two writers inserting each other's keys (keys deleted and
+                        # created again during the scan): the retry upserts
+                        st.conn.rollback()
+                        if attempt == 2:
+                            raise
+                with self.lock:
+                    self.new += ins
+                    self.updated += upd
+                    self.batches += 1
+                    self.stored[b["seq"]] = b
+                    self._mark()
+            except Exception as exc:  # noqa: BLE001 - re-raised by sink/close
+                self.err = self.err or exc
+
+    def _mark(self):
+        """(under self.lock) Advance the watermark over the stored batches that follow it."""
+        run = []
+        while self.marked in self.stored:
+            run.append(self.stored.pop(self.marked))
+            self.marked += 1
+        i = 0
+        while i < len(run):
+            j = i
+            while j + 1 < len(run) and run[j + 1]["col"] == run[i]["col"]:
+                j += 1
+            last = run[j]
+            self.store.advance_scan(self.job, self.pass_no, self.shard, last["col"],
+                                    last["last_id"], sum(b["ids"] for b in run[i:j + 1]),
+                                    sum(len(b["rows"]) for b in run[i:j + 1]),
+                                    sum(b["seconds"] for b in run[i:j + 1]),
+                                    done=last["finished"], max_id=last["max_id"])
+            i = j + 1
+
+    def _run(self):
+        b = None  # the batch being gathered
+        since = 0.0
+        while True:
+            try:
+                if b is None:
+                    item = self.q.get()
+                else:
+                    item = self.q.get(timeout=max(0.001, since + self.max_wait - time.monotonic()))
+            except queue.Empty:
+                self._flush(b)
+                b = None
+                continue
             if item is None:
+                self._flush(b)
                 return
             if self.err is not None:
                 continue
             col, rows, last_id, ids, seconds, finished, max_id = item
-            try:
-                ins, upd = self.store.store_scanned(
-                    self.job, self.pass_no, self.shard, col, rows, last_id, ids, seconds,
-                    done=finished, max_id=max_id, fresh=(self.pass_no == 1 and col == "_id"))
-                self.new += ins
-                self.updated += upd
-            except Exception as exc:  # noqa: BLE001 - re-raised by sink/close
-                self.err = exc
+            if b is not None and b["col"] != col:
+                self._flush(b)
+                b = None
+            if b is None:
+                b = {"col": col, "rows": [], "ids": 0, "seconds": 0.0}
+                since = time.monotonic()
+            b["rows"].extend(rows)
+            b["ids"] += ids
+            b["seconds"] += seconds
+            b.update(last_id=last_id, finished=finished, max_id=max_id)
+            n = len(b["rows"])
+            # a full batch, the column's end, or (several writers) one of them is idle:
+            # keep the writers busy so that little is left to store when the scan ends
+            if finished or n >= self.batch_rows or (self.wq is not None and self.idle
+                                                    and n >= self.min_rows):
+                self._flush(b)
+                b = None
 
     def sink(self, col, rows, last_id, ids, seconds, finished, max_id):
         if self.err is not None:
@@ -393,9 +591,17 @@ class StoreSink:
     def close(self):
         self.q.put(None)
         self.th.join()
-        try:
-            self.store.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
+        for dummy in self.writers:
+            self.wq.put(None)
+        for th in self.writers:
+            th.join()
+        for st in [self.store] + self.stores:
+            try:
+                st.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.err is None and self.stored:
+            self.err = EvacError(f"scan of {self.shard}: {len(self.stored)} stored batches never "
+                                 "came under the watermark")
         if self.err is not None:
             raise self.err

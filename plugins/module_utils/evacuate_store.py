@@ -29,7 +29,6 @@ backwards), and writes ``updated_at``.
 """
 from __future__ import annotations
 
-import io
 import json
 
 from ansible_collections.manta.ops.plugins.module_utils.evacuate_common import (
@@ -278,51 +277,76 @@ class JobStore:
         ``rows``: tuples (key, node, mid, object_id, owner, path_owner, size, md5, etag,
         sharks_json, status, reason, detail). Returns (inserted, updated).
         """
-        ins = upd = 0
         with self.conn.cursor() as cur:
-            if rows:
-                lines = ["\t".join([_copy_field(x) for x in r]) for r in rows]
-                copied = False
-                if fresh:
-                    # First pass over new ids: nothing of this window can be stored
-                    # yet, so COPY straight in (falling back to the upsert if a key
-                    # was seen before after all).
-                    suffix = "\t" + "\t".join(_copy_field(x) for x in (job, shard, pass_no)) + "\n"
-                    cur.execute("SAVEPOINT evac_copy")
-                    try:
-                        cur.copy_expert(sql.SQL(
-                            "COPY {} (key, node, mid, object_id, owner, path_owner, size, md5, etag, "
-                            "sharks, status, reason, detail, job, shard, scan_pass) FROM STDIN").format(
-                                self.t("objects")).as_string(cur),
-                            io.StringIO(suffix.join(lines) + suffix))
-                        cur.execute("RELEASE SAVEPOINT evac_copy")
-                        ins = len(rows)
-                        copied = True
-                    except psycopg2.errors.UniqueViolation:
-                        cur.execute("ROLLBACK TO SAVEPOINT evac_copy")
-                buf = io.StringIO("\n".join(lines) + "\n")
-                if not copied:
-                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS evac_scan_stage ("
-                                "key text, node text, mid bigint, object_id text, owner text, "
-                                "path_owner text, size bigint, md5 text, etag text, sharks text, "
-                                "status text, reason text, detail text) ON COMMIT DELETE ROWS")
-                    cur.copy_expert("COPY evac_scan_stage FROM STDIN", buf)
-                    cur.execute(self.q(UPSERT_SCANNED, o="objects"), {"job": job, "shard": shard,
-                                                                      "pass": pass_no})
-                    for (inserted,) in cur.fetchall():
-                        if inserted:
-                            ins += 1
-                        else:
-                            upd += 1
-            cur.execute(self.q("UPDATE {s} SET last_id = %s, rows_scanned = rows_scanned + %s, "
-                               "matched = matched + %s, seconds = seconds + %s, done = %s, "
-                               "max_id = COALESCE(%s, max_id), "
-                               "finished_at = CASE WHEN %s THEN now() ELSE finished_at END "
-                               "WHERE job = %s AND pass = %s AND shard = %s AND col = %s",
-                               s="scan_progress"),
-                        (last_id, scanned, len(rows), seconds, done, max_id, done, job, pass_no,
-                         shard, col))
+            cur.execute(SCAN_COMMIT)
+            ins, upd = self._insert_scanned(cur, job, pass_no, shard, rows, fresh)
+            self._advance_scan(cur, job, pass_no, shard, col, last_id, scanned, len(rows), seconds,
+                               done, max_id)
         self.conn.commit()
+        return ins, upd
+
+    def store_rows(self, job, pass_no, shard, rows, fresh=False):
+        """Upsert matched rows (one transaction, no watermark: see :meth:`advance_scan`).
+        Storing the same rows twice is harmless (the primary key makes it an update)."""
+        with self.conn.cursor() as cur:
+            cur.execute(SCAN_COMMIT)
+            res = self._insert_scanned(cur, job, pass_no, shard, rows, fresh)
+        self.conn.commit()
+        return res
+
+    def advance_scan(self, job, pass_no, shard, col, last_id, scanned, matched, seconds, done=False,
+                     max_id=None):
+        """Move the watermark once every window up to ``last_id`` is stored."""
+        with self.conn.cursor() as cur:
+            cur.execute(SCAN_COMMIT)
+            self._advance_scan(cur, job, pass_no, shard, col, last_id, scanned, matched, seconds,
+                               done, max_id)
+        self.conn.commit()
+
+    def _advance_scan(self, cur, job, pass_no, shard, col, last_id, scanned, matched, seconds, done,
+                      max_id):
+        cur.execute(self.q("UPDATE {s} SET last_id = %s, rows_scanned = rows_scanned + %s, "
+                           "matched = matched + %s, seconds = seconds + %s, done = %s, "
+                           "max_id = COALESCE(%s, max_id), "
+                           "finished_at = CASE WHEN %s THEN now() ELSE finished_at END "
+                           "WHERE job = %s AND pass = %s AND shard = %s AND col = %s",
+                           s="scan_progress"),
+                    (last_id, scanned, matched, seconds, done, max_id, done, job, pass_no,
+                     shard, col))
+
+    def _insert_scanned(self, cur, job, pass_no, shard, rows, fresh):
+        ins = upd = 0
+        if not rows:
+            return ins, upd
+        lines = [_copy_line(r) for r in rows]
+        if fresh:
+            # First pass over new ids: nothing of this batch can be stored yet, so
+            # COPY straight in (falling back to the upsert if a key was seen before
+            # after all: a key deleted and created again, a window stored twice).
+            suffix = "\t" + "\t".join(_copy_field(x) for x in (job, shard, pass_no)) + "\n"
+            cur.execute("SAVEPOINT evac_copy")
+            try:
+                cur.copy_expert(sql.SQL(
+                    "COPY {} (key, node, mid, object_id, owner, path_owner, size, md5, etag, "
+                    "sharks, status, reason, detail, job, shard, scan_pass) FROM STDIN").format(
+                        self.t("objects")).as_string(cur),
+                    _Chunks(lines, suffix), size=1 << 20)
+                cur.execute("RELEASE SAVEPOINT evac_copy")
+                return len(rows), 0
+            except psycopg2.errors.UniqueViolation:
+                cur.execute("ROLLBACK TO SAVEPOINT evac_copy")
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS evac_scan_stage ("
+                    "key text, node text, mid bigint, object_id text, owner text, "
+                    "path_owner text, size bigint, md5 text, etag text, sharks text, "
+                    "status text, reason text, detail text) ON COMMIT DELETE ROWS")
+        cur.copy_expert("COPY evac_scan_stage FROM STDIN", _Chunks(lines, "\n"), size=1 << 20)
+        cur.execute(self.q(UPSERT_SCANNED, o="objects"), {"job": job, "shard": shard,
+                                                          "pass": pass_no})
+        for (inserted,) in cur.fetchall():
+            if inserted:
+                ins += 1
+            else:
+                upd += 1
         return ins, upd
 
     # ---- planning -----------------------------------------------------------------------
@@ -586,12 +610,20 @@ class JobStore:
         return [_jsonable(dict(r)) for r in rows]
 
 
+# The scan's transactions do not wait for the WAL flush nor for the sync peer: a crash
+# (or a failover) loses at most the last of them, rows and watermark alike, in WAL order
+# (a watermark never survives the rows it covers), so the scan resumes before them; the
+# module's next ordinary commit (its "scan" event) makes all of them durable.
+SCAN_COMMIT = "SET LOCAL synchronous_commit = off"
+
+# A key deleted and created again during the scan is found twice (two _ids), possibly
+# in one batch: the newest (highest id) is the one stored.
 UPSERT_SCANNED = """
 INSERT INTO {o} AS o (job, shard, key, node, mid, object_id, owner, path_owner, size, md5, etag,
                       sharks, status, reason, detail, scan_pass)
 SELECT %(job)s, %(shard)s, key, node, mid, object_id, owner, path_owner, size, md5, etag, sharks,
        status, reason, detail, %(pass)s
-FROM evac_scan_stage
+FROM (SELECT DISTINCT ON (key, node) * FROM evac_scan_stage ORDER BY key, node, mid DESC) s
 ON CONFLICT (job, shard, key, node) DO UPDATE SET
   mid = EXCLUDED.mid, etag = EXCLUDED.etag, sharks = EXCLUDED.sharks, scan_pass = EXCLUDED.scan_pass,
   scanned_at = now(), updated_at = now(),
@@ -625,6 +657,40 @@ WHERE o.job = %s AND o.status = 'pending'
 ORDER BY o.oid
 LIMIT %s
 """
+
+
+class _Chunks:
+    """A file-like ``read`` over COPY lines (each followed by ``sep``), in chunks of about
+    ``size`` characters: no second copy of the whole batch in memory."""
+
+    def __init__(self, lines, sep):
+        self.lines = lines
+        self.sep = sep
+        self.i = 0
+
+    def read(self, size=-1):
+        lines, i, n = self.lines, self.i, len(self.lines)
+        if i >= n:
+            return ""
+        step = n if size is None or size < 0 else max(1, size // 256)
+        j = min(n, i + step)
+        self.i = j
+        sep = self.sep
+        return sep.join(lines[i:j]) + sep
+
+    readline = read
+
+
+def _copy_line(r):
+    """One row of a scan batch as a COPY text line (without the line's end)."""
+    key, node, mid, oid, owner, path_owner, size, md5, etag, sharks, status, reason, detail = r
+    if reason is None and detail is None and oid is not None and owner is not None \
+            and path_owner is not None and md5 is not None and sharks is not None \
+            and mid is not None:
+        line = f"{key}\t{node}\t{mid}\t{oid}\t{owner}\t{path_owner}\t{size}\t{md5}\t{etag}\t{sharks}\t{status}"
+        if "\\" not in line and "\n" not in line and "\r" not in line and line.count("\t") == 10:
+            return line + "\t\\N\t\\N"
+    return "\t".join([_copy_field(x) for x in r])
 
 
 def _copy_field(x):

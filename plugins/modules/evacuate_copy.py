@@ -169,12 +169,13 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_args as A
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_copy as EC
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=A.argument_spec(
             src=dict(type="path", required=True),
             results=dict(type="path"),
             root=dict(type="path"),

@@ -28,6 +28,9 @@ author:
   - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - manta.ops.evacuate
+  - manta.ops.evacuate.job_store
+  - manta.ops.evacuate.throttle
 attributes:
   check_mode:
     support: full
@@ -77,14 +80,6 @@ options:
     description: Why the job is paused (shown by the status playbook and in the metrics).
     type: str
     default: paused by an operator
-  throttle:
-    description:
-      - Throttles to set; keys not given are left as they are. V(0) means unlimited.
-      - V(copy_concurrency) concurrent copies per destination node;
-        V(max_bytes_per_sec) bytes per second per storage node, read (sources) and written
-        (destinations); V(metadata_rows_per_sec) metadata updates per second per shard.
-    type: dict
-    default: {}
   options:
     description:
       - Job options to record (for example V(max_fill_percent), V(same_datacenter),
@@ -146,44 +141,6 @@ options:
       - Write the progress as Prometheus text metrics to this file (atomically), for
         node_exporter's textfile collector (C(--collector.textfile.directory)). Implies O(report).
     type: path
-  job_dsn:
-    description:
-      - libpq connection string of the PostgreSQL that holds the job store.
-      - Default, the schema O(job_schema) in database C(moray) on the primary of
-        C(STORAGE_MORAY_SHARD) (found in ZooKeeper), so the job survives the controller and
-        follows a manatee failover. If not set, E(MANTA_EVACUATE_DSN) is used. Never shown.
-    type: str
-  job_schema:
-    description: PostgreSQL schema of the job store.
-    type: str
-    default: manta_evacuate
-  storage_shard:
-    description: Shard holding C(manta_storage) and the default job store (default SAPI C(STORAGE_MORAY_SHARD)).
-    type: str
-  zk_servers:
-    description: ZooKeeper connect string (default E(MANTA_ZK_SERVERS)), to find shard primaries.
-    type: str
-  zk_timeout:
-    description: Seconds to wait for ZooKeeper.
-    type: float
-    default: 10
-  sapi_url:
-    description: SAPI URL (default E(MANTA_SAPI_URL)), for C(STORAGE_MORAY_SHARD) and C(INDEX_MORAY_SHARDS).
-    type: str
-  pg_user:
-    description: PostgreSQL user for the shard primaries (default the user of the peer's C(pgUrl); E(MANTA_PG_USER)).
-    type: str
-  pg_password:
-    description: PostgreSQL password, if any (E(MANTA_PG_PASSWORD)). Never shown.
-    type: str
-  pg_connect_timeout:
-    description: Seconds to wait for each PostgreSQL connection.
-    type: int
-    default: 5
-  pg_query_timeout:
-    description: Statement timeout in seconds.
-    type: float
-    default: 120
 notes:
   - The job store's tables are described in docs/evacuate.md ("Job store").
 seealso:
@@ -282,6 +239,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_args as A
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_common as C
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_report as R
 from ansible_collections.manta.ops.plugins.module_utils import storage_nodes as SN
@@ -359,8 +317,8 @@ def preflight(ctx, nodes, storage_hosts, p):
 
 
 def main():
-    spec = C.connection_argument_spec()
-    spec.update(
+    spec = A.argument_spec(
+        "connection", "job_store", "throttle",
         job=dict(type="str"),
         evacuate=dict(type="list", elements="str"),
         storage_hosts=dict(type="dict", default={}),
@@ -368,7 +326,6 @@ def main():
         domain=dict(type="str"),
         state=dict(type="str", default="present", choices=["present", "paused", "active", "complete"]),
         pause_reason=dict(type="str", default="paused by an operator"),
-        throttle=dict(type="dict", default={}),
         options=dict(type="dict", default={}),
         retry_skipped=dict(type="bool", default=False),
         preflight=dict(type="bool", default=False),
@@ -391,7 +348,7 @@ def main():
     ctx = C.Context(p)
     result = dict(changed=False, created=False, retried=0, nodes=[], budget_seconds=0.0,
                   deadline=0.0)
-    try:
+    with C.module_errors(module, ctx, result, "evacuate_job", expected=(SN.NodeError,)):
         budget = C.parse_duration(p["max_duration"]) or 0.0
         result.update(budget_seconds=budget, deadline=(time.time() + budget) if budget else 0.0)
         C.check_schema_name(p["job_schema"])
@@ -506,13 +463,6 @@ def main():
                 result["metrics_changed"] = R.write_textfile(p["metrics_file"], R.prometheus(prog),
                                                              check_mode=module.check_mode)
                 result["metrics_file"] = p["metrics_file"]
-    except (C.EvacError, SN.NodeError) as exc:
-        ctx.close()
-        module.fail_json(msg=str(exc), **result)
-    except Exception as exc:  # noqa: BLE001 - psycopg2 and friends
-        ctx.close()
-        module.fail_json(msg=f"evacuate_job failed: {type(exc).__name__}: {exc}", **result)
-    ctx.close()
     module.exit_json(**result)
 
 

@@ -25,6 +25,8 @@ author:
   - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - manta.ops.evacuate
+  - manta.ops.evacuate.job_store
 attributes:
   check_mode:
     support: full
@@ -65,42 +67,6 @@ options:
   shard_dsns:
     description: DSN per shard instead of ZooKeeper. Never shown.
     type: dict
-  job_dsn:
-    description:
-      - libpq connection string of the job store (default the schema O(job_schema) in database
-        C(moray) on the C(STORAGE_MORAY_SHARD) primary; E(MANTA_EVACUATE_DSN)). Never shown.
-    type: str
-  job_schema:
-    description: PostgreSQL schema of the job store.
-    type: str
-    default: manta_evacuate
-  storage_shard:
-    description: Shard holding the default job store (default SAPI C(STORAGE_MORAY_SHARD)).
-    type: str
-  zk_servers:
-    description: ZooKeeper connect string (default E(MANTA_ZK_SERVERS)), to find shard primaries.
-    type: str
-  zk_timeout:
-    description: Seconds to wait for ZooKeeper.
-    type: float
-    default: 10
-  sapi_url:
-    description: SAPI URL (default E(MANTA_SAPI_URL)), to see which shards are read-only.
-    type: str
-  pg_user:
-    description: PostgreSQL user for the shard primaries (default the user of the peer's C(pgUrl); E(MANTA_PG_USER)).
-    type: str
-  pg_password:
-    description: PostgreSQL password, if any (E(MANTA_PG_PASSWORD)). Never shown.
-    type: str
-  pg_connect_timeout:
-    description: Seconds to wait for each PostgreSQL connection.
-    type: int
-    default: 5
-  pg_query_timeout:
-    description: Statement timeout in seconds.
-    type: float
-    default: 120
 notes:
   - Why PostgreSQL directly and not moray is explained in docs/evacuate.md ("Metadata writes").
 seealso:
@@ -146,6 +112,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_args as A
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_common as C
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_metadata as M
 from ansible_collections.manta.ops.plugins.module_utils import storage_nodes as SN
@@ -167,8 +134,8 @@ def fates_from_results(rows):
 
 
 def main():
-    spec = C.connection_argument_spec()
-    spec.update(
+    spec = A.argument_spec(
+        "connection", "job_store",
         job=dict(type="str", required=True),
         round=dict(type="int"),
         results=dict(type="list", elements="path", default=[]),
@@ -185,7 +152,7 @@ def main():
         module.fail_json(msg=f"batch_size must be >= 1, got {p['batch_size']}")
     ctx = C.Context(p)
     result = dict(changed=False, recorded={}, metadata={}, deferred_shards=[], paused=None)
-    try:
+    with C.module_errors(module, ctx, result, "evacuate_metadata"):
         C.check_job_name(p["job"])
         store = JobStore(ctx.job_conn(), p["job_schema"])
         job = store.get_job(p["job"])
@@ -330,13 +297,6 @@ def main():
         result["metadata"] = md
         result["changed"] = bool(recorded) or md.get("done", 0) > 0 or bool(
             md.get("skipped")) or bool(md.get("error")) or md.get("refreshed", 0) > 0
-    except C.EvacError as exc:
-        ctx.close()
-        module.fail_json(msg=str(exc), **result)
-    except Exception as exc:  # noqa: BLE001
-        ctx.close()
-        module.fail_json(msg=f"evacuate_metadata failed: {type(exc).__name__}: {exc}", **result)
-    ctx.close()
     module.exit_json(**result)
 
 

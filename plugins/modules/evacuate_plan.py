@@ -33,6 +33,9 @@ author:
   - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - manta.ops.evacuate
+  - manta.ops.evacuate.job_store
+  - manta.ops.evacuate.throttle
 attributes:
   check_mode:
     support: full
@@ -133,46 +136,6 @@ options:
       - Check mode; what one task of the play costs on this controller and inventory (the play
         measures it on its way to this task), for the estimate's overhead.
     type: float
-  throttle:
-    description: Check mode, when the job does not exist yet; the throttles to estimate with.
-    type: dict
-    default: {}
-  job_dsn:
-    description:
-      - libpq connection string of the job store (default the schema O(job_schema) in database
-        C(moray) on the C(STORAGE_MORAY_SHARD) primary; E(MANTA_EVACUATE_DSN)). Never shown.
-    type: str
-  job_schema:
-    description: PostgreSQL schema of the job store.
-    type: str
-    default: manta_evacuate
-  storage_shard:
-    description: Shard holding C(manta_storage) and the default job store (default SAPI C(STORAGE_MORAY_SHARD)).
-    type: str
-  zk_servers:
-    description: ZooKeeper connect string (default E(MANTA_ZK_SERVERS)), to find shard primaries.
-    type: str
-  zk_timeout:
-    description: Seconds to wait for ZooKeeper.
-    type: float
-    default: 10
-  sapi_url:
-    description: SAPI URL (default E(MANTA_SAPI_URL)).
-    type: str
-  pg_user:
-    description: PostgreSQL user for the shard primaries (default the user of the peer's C(pgUrl); E(MANTA_PG_USER)).
-    type: str
-  pg_password:
-    description: PostgreSQL password, if any (E(MANTA_PG_PASSWORD)). Never shown.
-    type: str
-  pg_connect_timeout:
-    description: Seconds to wait for each PostgreSQL connection.
-    type: int
-    default: 5
-  pg_query_timeout:
-    description: Statement timeout in seconds.
-    type: float
-    default: 120
 seealso:
   - module: manta.ops.evacuate_copy
   - module: manta.ops.evacuate_metadata
@@ -256,6 +219,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_args as A
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_common as C
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_estimate as EE
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_round as ER
@@ -327,8 +291,8 @@ def scanned_rows(ctx, shards, nodes, p, timing):
 
 
 def main():
-    spec = C.connection_argument_spec()
-    spec.update(
+    spec = A.argument_spec(
+        "connection", "job_store", "throttle",
         job=dict(type="str", required=True),
         nodes=dict(type="list", elements="dict"),
         storage_hosts=dict(type="dict", required=True),
@@ -350,7 +314,6 @@ def main():
         shard_dsns=dict(type="dict", no_log=True),
         probe_objects=dict(type="int", default=50),
         forks=dict(type="int", default=5),
-        throttle=dict(type="dict", default={}),
         seconds_per_task=dict(type="float"),
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
@@ -362,7 +325,7 @@ def main():
         module.fail_json(msg="round_seconds must be > 0, round_max_objects and max_attempts >= 1")
     ctx = C.Context(p)
     result = dict(changed=False, paused=False)
-    try:
+    with C.module_errors(module, ctx, result, "evacuate_plan", expected=(SN.NodeError, ValueError)):
         C.check_job_name(p["job"])
         inv = ER.inventory_nodes(p["storage_hosts"])
         if not inv:
@@ -413,13 +376,6 @@ def main():
         result.update(out)
         result["changed"] = bool(out.get("assignments")) or bool(out.get("skipped_by_reason")) \
             or bool(out.get("requeued")) or (out.get("pause_reason") or "").startswith("evacuated node back")
-    except (C.EvacError, SN.NodeError, ValueError) as exc:
-        ctx.close()
-        module.fail_json(msg=str(exc), **result)
-    except Exception as exc:  # noqa: BLE001
-        ctx.close()
-        module.fail_json(msg=f"evacuate_plan failed: {type(exc).__name__}: {exc}", **result)
-    ctx.close()
     module.exit_json(**result)
 
 

@@ -13,9 +13,11 @@ description:
     for object records whose C(sharks) name a node of the job, and records each copy to move in
     the job store with its shard, key, C(_etag), objectId, creator-or-owner, size and MD5.
   - The scan walks C(_id) (then C(_idx) where moray's extended ids exist) in windows of
-    O(chunk) ids, with a server-side pre-filter (C(_value LIKE)) and an exact check of the parsed
-    C(sharks) on the rows it keeps. Progress is saved after every window, so a killed scan
-    resumes where it stopped, and shards are scanned in parallel.
+    O(chunk) ids, with a server-side pre-filter (C(_value LIKE) for one node, the storage ids
+    cut out of the value and tested against the set of nodes for more) and an exact check of
+    the parsed C(sharks) on the rows it keeps. The matches are COPYed into the job store in
+    batches, with the progress, so a killed scan resumes after the last stored batch, and
+    shards are scanned in parallel.
   - Run it after the nodes are read-only (out of the pickers' rotation), so no new object can
     land on them afterwards; the live primary then gives current C(_etag)s (no clone, no stale
     snapshot).
@@ -28,6 +30,8 @@ author:
   - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - manta.ops.evacuate
+  - manta.ops.evacuate.job_store
 attributes:
   check_mode:
     support: full
@@ -64,12 +68,15 @@ options:
     default: 10000
   max_like_patterns:
     description:
-      - Up to this many evacuated nodes the pre-filter is C(_value LIKE ANY(...)); with more, the
-        equivalent JSON test in SQL (one parse per row, whatever the number of nodes).
+      - Up to this many evacuated nodes the pre-filter is C(_value LIKE ANY(...)), one pattern per
+        node; with more, one pass that cuts the storage ids out of the value and tests them against
+        the set of nodes (the same cost per row for 2 nodes or 90).
     type: int
-    default: 16
+    default: 1
   parallel:
-    description: Concurrent window queries per shard (each on its own connection to the primary).
+    description:
+      - Concurrent window queries per shard (each on its own connection to the primary), and as
+        many connections storing the matches in the job store.
     type: int
     default: 3
   max_rows_per_sec:
@@ -82,42 +89,6 @@ options:
   deadline:
     description: Stop cleanly at this time (seconds since the epoch); the play passes its own deadline.
     type: float
-  job_dsn:
-    description:
-      - libpq connection string of the job store (default the schema O(job_schema) in database
-        C(moray) on the C(STORAGE_MORAY_SHARD) primary; E(MANTA_EVACUATE_DSN)). Never shown.
-    type: str
-  job_schema:
-    description: PostgreSQL schema of the job store.
-    type: str
-    default: manta_evacuate
-  storage_shard:
-    description: Shard holding the default job store (default SAPI C(STORAGE_MORAY_SHARD)).
-    type: str
-  zk_servers:
-    description: ZooKeeper connect string (default E(MANTA_ZK_SERVERS)), to find shard primaries.
-    type: str
-  zk_timeout:
-    description: Seconds to wait for ZooKeeper.
-    type: float
-    default: 10
-  sapi_url:
-    description: SAPI URL (default E(MANTA_SAPI_URL)), for C(INDEX_MORAY_SHARDS) and C(STORAGE_MORAY_SHARD).
-    type: str
-  pg_user:
-    description: PostgreSQL user for the shard primaries (default the user of the peer's C(pgUrl); E(MANTA_PG_USER)).
-    type: str
-  pg_password:
-    description: PostgreSQL password, if any (E(MANTA_PG_PASSWORD)). Never shown.
-    type: str
-  pg_connect_timeout:
-    description: Seconds to wait for each PostgreSQL connection.
-    type: int
-    default: 5
-  pg_query_timeout:
-    description: Statement timeout in seconds (for each window query).
-    type: float
-    default: 120
 seealso:
   - module: manta.ops.evacuate_job
   - module: manta.ops.evacuate_plan
@@ -175,14 +146,15 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_args as A
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_common as C
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_scan as S
 from ansible_collections.manta.ops.plugins.module_utils.evacuate_store import JobStore
 
 
 def main():
-    spec = C.connection_argument_spec()
-    spec.update(
+    spec = A.argument_spec(
+        "connection", "job_store",
         job=dict(type="str", required=True),
         phase=dict(type="str", default="initial", choices=["initial", "verify"]),
         shards=dict(type="list", elements="str"),
@@ -202,7 +174,7 @@ def main():
     ctx = C.Context(p)
     result = dict(changed=False, matched=0, new=0, complete=False, job_complete=False, shards={},
                   open_after=0)
-    try:
+    with C.module_errors(module, ctx, result, "evacuate_scan"):
         C.check_job_name(p["job"])
         store = JobStore(ctx.job_conn(), p["job_schema"])
         job = store.get_job(p["job"])
@@ -268,7 +240,12 @@ def main():
         counts = {"new": 0, "updated": 0}
         open_count = sum(store.shards_with(p["job"], s).get(sh, 0)
                          for s in C.OPEN_STATUSES for sh in shards)
-        sinks = {sh: S.StoreSink(JobStore(ctx.new_job_conn(), p["job_schema"]), p["job"], pass_no, sh)
+
+        def new_store():
+            return JobStore(ctx.new_job_conn(), p["job_schema"])
+
+        sinks = {sh: S.StoreSink(new_store(), p["job"], pass_no, sh, writers=p["parallel"],
+                                 new_store=new_store)
                  for sh in shards}
 
         def sink_for(shard):
@@ -327,13 +304,6 @@ def main():
                 result["job_complete"] = True
         if not complete:
             result["msg"] = "stopped at the time budget; the next run resumes the scan"
-    except C.EvacError as exc:
-        ctx.close()
-        module.fail_json(msg=str(exc), **result)
-    except Exception as exc:  # noqa: BLE001
-        ctx.close()
-        module.fail_json(msg=f"evacuate_scan failed: {type(exc).__name__}: {exc}", **result)
-    ctx.close()
     module.exit_json(**result)
 
 

@@ -28,6 +28,7 @@ author:
   - manta.ops developers (@manta-ops)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - manta.ops.evacuate
 attributes:
   check_mode:
     support: full
@@ -85,26 +86,6 @@ options:
   storage_shard:
     description: The shard holding C(manta_storage) (default SAPI C(STORAGE_MORAY_SHARD)).
     type: str
-  zk_servers:
-    description: ZooKeeper connect string (default E(MANTA_ZK_SERVERS)).
-    type: str
-  zk_timeout:
-    description: Seconds to wait for ZooKeeper.
-    type: float
-    default: 10
-  sapi_url:
-    description: SAPI URL (default E(MANTA_SAPI_URL)), for C(STORAGE_MORAY_SHARD).
-    type: str
-  pg_user:
-    description: PostgreSQL user (default the user of the peer's C(pgUrl); E(MANTA_PG_USER)).
-    type: str
-  pg_password:
-    description: PostgreSQL password, if any (E(MANTA_PG_PASSWORD)). Never shown.
-    type: str
-  pg_connect_timeout:
-    description: Seconds to wait for the PostgreSQL connection.
-    type: int
-    default: 5
   pg_query_timeout:
     description: Statement timeout in seconds.
     type: float
@@ -160,6 +141,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
 
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_args as A
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_common as C
 from ansible_collections.manta.ops.plugins.module_utils import storage_nodes as SN
 
@@ -186,7 +168,8 @@ def view(rec, now=None):
 
 
 def main():
-    spec = dict(
+    spec = A.argument_spec(
+        "connection",
         storage_id=dict(type="str", required=True),
         state=dict(type="str", default="readonly", choices=["readonly", "writable"]),
         svcadm=dict(type="str", default="svcadm"),
@@ -196,14 +179,7 @@ def main():
         wait_timeout=dict(type="float", default=300.0),
         storinfo_urls=dict(type="list", elements="str", default=[]),
         heartbeat_dsn=dict(type="str", no_log=True),
-        storage_shard=dict(type="str"),
-        zk_servers=dict(type="str", fallback=(C.env_fallback, ["MANTA_ZK_SERVERS"])),
-        zk_timeout=dict(type="float", default=10.0),
-        sapi_url=dict(type="str", fallback=(C.env_fallback, ["MANTA_SAPI_URL"])),
-        pg_user=dict(type="str", fallback=(C.env_fallback, ["MANTA_PG_USER"])),
-        pg_password=dict(type="str", no_log=True, fallback=(C.env_fallback, ["MANTA_PG_PASSWORD"])),
-        pg_connect_timeout=dict(type="int", default=5),
-        pg_query_timeout=dict(type="float", default=30.0),
+        pg_query_timeout=dict(type="float", default=30.0),  # a heartbeat read, not a scan
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     C.require_psycopg2(module)
@@ -214,7 +190,7 @@ def main():
     ctx = C.Context(dict(p, job_dsn=None, job_schema=C.DEFAULT_SCHEMA))
     want_out = p["state"] == "readonly"
     result = dict(changed=False, command="", waited=0.0)
-    try:
+    with C.module_errors(module, ctx, result, "storage_node_readonly"):
         beats = heartbeat(ctx, p)
         rec = beats.get(sid)
         if rec is None:
@@ -275,13 +251,6 @@ def main():
                     module.warn(f"storinfo flush {u} failed: {exc}")
                     flushed.append({"url": u, "error": str(exc)})
             result["storinfo_flushed"] = flushed
-    except C.EvacError as exc:
-        ctx.close()
-        module.fail_json(msg=str(exc), **result)
-    except Exception as exc:  # noqa: BLE001
-        ctx.close()
-        module.fail_json(msg=f"storage_node_readonly failed: {type(exc).__name__}: {exc}", **result)
-    ctx.close()
     module.exit_json(**result)
 
 

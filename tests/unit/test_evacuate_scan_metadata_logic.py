@@ -83,12 +83,74 @@ def _text(q):
 
 
 def test_window_query_prefilter_forms():
-    q, extra = S.window_query("_id", ["n%d" % i for i in range(20)], max_like=16)
-    assert extra == [["n%d" % i for i in range(20)]] and "json_array_elements" in _text(q)
-    q, extra = S.window_query("_idx", ["a", "b"])
-    assert extra == [['%"a"%', '%"b"%']] and "_value LIKE ANY" in _text(q)
-    q, extra = S.window_query("_id", ["a", "b", "c", "d"])
-    assert "substr(_value, strpos(_value, " in _text(q) and "sharks" in _text(q)
+    # one node: a LIKE pattern over the value
+    q, extra = S.window_query("_idx", ["a"])
+    assert extra == [['%"a"%']] and "_value LIKE ANY" in _text(q) and "_idx" in _text(q)
+    # more: the storage ids cut out after "manta_storage_id", tested against the node set,
+    # with the LIKE patterns only for rows naming that key more often than that
+    nodes = ["n%d" % i for i in range(20)]
+    q, extra = S.window_query("_id", nodes)
+    assert extra == [nodes] * S.EXTRACT_SHARKS + [S.like_patterns(nodes)]
+    assert _text(q).count("= ANY") == S.EXTRACT_SHARKS and "split_part" in _text(q)
+    q, extra = S.window_query("_id", ["a", "b"], max_like=2)
+    assert extra == [['%"a"%', '%"b"%']]
+
+
+ODD_VALUES = [
+    '{"sharks": [{"manta_storage_id": "%s"}], "contentLength": NaN, "objectId": "o", '
+    '"owner": "o", "contentMD5": "m"}' % N,
+    '{"sharks": [{"manta_storage_id": "%s"}], "contentLength": 123456789012345678901234567890, '
+    '"objectId": "o", "owner": "o", "contentMD5": "m"}' % N,
+    '{"sharks": [{"manta_storage_id": "%s", "datacenter": "\\ud800"}], "contentLength": 5, '
+    '"objectId": "o", "owner": "o", "contentMD5": "m"}' % N,
+    '{"sharks": [], "sharks": [{"manta_storage_id": "%s", "datacenter": "d\u00e9"}], '
+    '"contentLength": 5, "objectId": "o", "owner": "o", "contentMD5": "m"}' % N,
+    '{"sharks": [{"manta_storage_id": ["%s"]}, {"manta_storage_id": "%s"}], "contentLength": 1.5, '
+    '"objectId": "o", "owner": "o", "contentMD5": "m"}' % (N, N),
+    '{"sharks": [{"manta_storage_id": "%s"}], "contentLength": true, "objectId": "o", '
+    '"owner": 7, "creator": "c", "contentMD5": "m"}' % N,
+    json.dumps(value(contentLength=-3)), json.dumps(value(contentLength=0.0)),
+    json.dumps(value(contentLength=2 ** 63)), json.dumps(value(owner=None, creator="c")),
+    '[1, 2]', '{"sharks": {"manta_storage_id": "%s"}}' % N, 'not json "%s"' % N,
+]
+
+
+@pytest.mark.parametrize("raw", ODD_VALUES)
+def test_classify_same_fates_with_or_without_orjson(raw, monkeypatch):
+    """orjson is only a faster parse: every value gets the fates the standard library's
+    parse gives (orjson refuses NaN and lone surrogates and reads huge integers as floats;
+    those fall back or land on the same fate). The sharks column may differ in escaping
+    only, so it is compared parsed."""
+    assert S._orjson is not None, "orjson is pinned in requirements.txt"
+    fast = S.classify("/o/stor/d/f", 1, "E", raw, [N, "9.stor.example.com"])
+    monkeypatch.setattr(S, "_orjson", None)
+    slow = S.classify("/o/stor/d/f", 1, "E", raw, [N, "9.stor.example.com"])
+
+    def norm(rows):
+        return [r[:9] + (json.loads(r[9]) if r[9] else None,) + r[10:12] for r in rows]
+    assert norm(fast) == norm(slow)
+    assert all(r[10] in ("pending", "skipped", "error") for r in fast)
+
+
+def test_classify_contentlength_beyond_bigint_is_an_error_not_a_crash():
+    (r,) = cls(value(contentLength=2 ** 63))
+    assert (r[10], r[11], r[6]) == ("error", "bad_manta_object", 0)
+    (r,) = cls('{"sharks": [{"manta_storage_id": "%s"}], "contentLength": NaN, "objectId": "o", '
+               '"owner": "o", "contentMD5": "m"}' % N)
+    assert (r[10], r[11]) == ("error", "bad_manta_object")
+
+
+def test_copy_lines_fast_path_matches_the_escaping_path():
+    from ansible_collections.manta.ops.plugins.module_utils import evacuate_store as ST
+    rows = cls(value()) + cls(value(contentLength=0)) + cls(value(objectId=None))
+    rows.append(("/o/stor/tab\there\nnl", N, 1, "o", "o", "o", 5, "m", "E",
+                 '[["d\\"c",null]]', "pending", None, None))
+    rows.append(("/o/stor/x", N, 1, "o", "o", "o", 5, "m", "E", '[["dc\tx","n"]]', "pending",
+                 None, None))
+    for r in rows:
+        assert ST._copy_line(r) == "\t".join(ST._copy_field(x) for x in r)
+    chunks = ST._Chunks(["a", "b", "c"], "\n")
+    assert chunks.read(512) + chunks.read(512) == "a\nb\nc\n" and chunks.read(512) == ""
 
 
 # ---- metadata ---------------------------------------------------------------------------
