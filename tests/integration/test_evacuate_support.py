@@ -96,10 +96,9 @@ class Lab:
         md = r.json()[0]["metadata"]
         return [e["host"] for e in md["INDEX_MORAY_SHARDS"]]
 
-    def objects(self):
-        """{(shard, key): (etag, value)} of every object row of every index shard."""
+    def rows(self):
+        """(shard, key, etag, value) of every object row of every index shard."""
         import psycopg2
-        out = {}
         prim = self.primaries()
         for shard in self.index_shards():
             c = psycopg2.connect(prim[shard])
@@ -107,10 +106,13 @@ class Lab:
                 with c.cursor() as cur:
                     cur.execute("SELECT _key, _etag, _value FROM manta WHERE type = 'object'")
                     for k, e, v in cur.fetchall():
-                        out[(shard, k)] = (e.strip(), json.loads(v))
+                        yield shard, k, e.strip(), json.loads(v)
             finally:
                 c.close()
-        return out
+
+    def objects(self):
+        """{(shard, key): (etag, value)} of every object row of every index shard."""
+        return {(shard, k): (e, v) for shard, k, e, v in self.rows()}
 
     def job_rows(self, job):
         import psycopg2

@@ -47,19 +47,11 @@ def bin_main(lab):
 def objects_by_key(L):
     """{("", key): (etag, value)} over every index shard, and the keys found on more than one shard."""
     out, seen, twice = {}, {}, []
-    prim = L.primaries()
-    for shard in L.index_shards():
-        c = psycopg2.connect(prim[shard])
-        try:
-            with c.cursor() as cur:
-                cur.execute("SELECT _key, _etag, _value FROM manta WHERE type = 'object'")
-                for k, e, v in cur.fetchall():
-                    if k in seen:
-                        twice.append((k, seen[k], shard))
-                    seen[k] = shard
-                    out[("", k)] = (e.strip(), json.loads(v))
-        finally:
-            c.close()
+    for shard, k, e, v in L.rows():
+        if k in seen:
+            twice.append((k, seen[k], shard))
+        seen[k] = shard
+        out[("", k)] = (e, v)
     return out, twice
 
 
