@@ -36,13 +36,11 @@ record rejections per vnode).
 
 Process entry: ``python -m manta_lab.emoray --home <home> --zone <uuid>``.
 """
-import argparse
 import datetime
 import json
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -51,9 +49,13 @@ import uuid as uuidlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import config, moray, procs, ring, rpc, zones
+from . import config, procs, rpc, zones
 from .config import HOST, LabError
 from .rpc import error
+
+# `moray` and `ring` (which pulls in requests) are imported where they are used: `lab svcadm` and
+# every electric-moray start import this module, and a ring swap restarts the process inside the
+# reshard's write-blocked window, so its start-up is kept lean (docs/bench-reshard.md).
 
 KIND = "electric-moray"
 SVC = "electric-moray"
@@ -62,6 +64,7 @@ READ_ONLY = "ro"
 # Written inside the ring dir by setup/install_ring (LevelDB ignores foreign
 # files); a swap done by hand replaces the directory and so drops it.
 MARKER = ".lab_installed_image"
+STAMP = "manta_hash_ring_stamp.json"      # = ring.STAMP
 
 
 # =============================================================================
@@ -146,7 +149,7 @@ def ensure(cfg):
 def installed_image(zone_or_dir):
     """The image uuid of the ring in place: its stamp file, else the marker."""
     d = zone_or_dir["paths"]["ring"] if isinstance(zone_or_dir, dict) else str(zone_or_dir)
-    st = ring.read_stamp(d)
+    st = read_stamp(d)
     if st and st.get("image_uuid"):
         return st["image_uuid"]
     try:
@@ -155,9 +158,67 @@ def installed_image(zone_or_dir):
         return None
 
 
+def read_stamp(ring_dir):
+    """hash_ring/manta_hash_ring_stamp.json of a ring directory, or None (as ring.read_stamp)."""
+    try:
+        return json.loads(Path(ring_dir, STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ring_digest(ring_dir):
+    """sha256 over every (key, value) of a closed LevelDB ring, in key order (as ring.ring_digest,
+    without importing the ring-publishing module)."""
+    import hashlib
+
+    import plyvel
+    h = hashlib.sha256()
+    db = plyvel.DB(str(ring_dir), create_if_missing=False)
+    try:
+        for k, v in db.iterator():
+            h.update(len(k).to_bytes(4, "big") + k + len(v).to_bytes(4, "big") + v)
+    finally:
+        db.close()
+    return h.hexdigest()
+
+
+def _sapi_get(cfg, path, what):
+    """GET a SAPI path as JSON with the stdlib (no requests import on the restart path):
+    (status, body)."""
+    import http.client
+    c = http.client.HTTPConnection(HOST, cfg.port("sapi"), timeout=30)
+    try:
+        c.request("GET", path, headers={"Accept-Version": "~2", "Accept": "application/json"})
+        r = c.getresponse()
+        raw = r.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise LabError("ring", f"{what}: {exc!r}") from None
+    finally:
+        c.close()
+    try:
+        return r.status, (json.loads(raw) if raw else None)
+    except ValueError:
+        raise LabError("ring", f"{what}: HTTP {r.status}, not JSON: {raw[:200]!r}") from None
+
+
+def instance_metadata(cfg, instance_uuid):
+    """Merged metadata of a SAPI instance (GET /configs/:uuid), or the manta application's
+    metadata when SAPI does not know the instance (as ring.instance_metadata)."""
+    status, body = _sapi_get(cfg, f"/configs/{instance_uuid}", "SAPI GetConfig")
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("metadata"), dict):
+        return body["metadata"]
+    status, apps = _sapi_get(cfg, "/applications?name=manta&include_master=true",
+                             "SAPI ListApplications name=manta")
+    if status != 200 or not isinstance(apps, list):
+        raise LabError("ring", f"SAPI ListApplications name=manta: HTTP {status}: {str(apps)[:200]}")
+    if not apps:
+        raise LabError("ring", "SAPI has no 'manta' application (run the SAPI bootstrap first)")
+    return dict(apps[0].get("metadata") or {})
+
+
 def _sapi_metadata(cfg, zone):
     try:
-        return ring.instance_metadata(cfg, zone["uuid"])
+        return instance_metadata(cfg, zone["uuid"])
     except LabError as exc:
         raise LabError(f"electric-moray {zone['alias']}", f"cannot read SAPI metadata: {exc}",
                        zone["paths"]["log"]) from None
@@ -209,6 +270,7 @@ def setup(cfg, zone, force=False):
                        "published (ring.ensure / manta-adm create-topology)", zone["paths"]["log"])
     if hashdir.joinpath("CURRENT").exists() and installed_image(zone) == image:
         return image
+    from . import ring
     tmp_root = Path(zone["paths"]["root"], "var", "tmp")
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{image}.", dir=str(tmp_root)) as tmp:
@@ -226,6 +288,7 @@ def install_ring(cfg, zone, image_uuid, imgapi_url=None, timeout=60):
     zone: download the image, ``svcadm disable``, extract ``hash_ring`` into
     ``<dir>.new``, swap it into place, ``svcadm enable``, wait for /status.
     Returns the new /status body."""
+    from . import ring
     zone = zones.get(cfg, zone["uuid"])
     hashdir = ring_dir(zone)
     if imgapi_url is None:
@@ -263,7 +326,7 @@ def render_config(cfg, zone):
     """The lab's config-agent: write <zone>/etc/config.json from SAPI."""
     p = Path(zone["paths"]["config"])
     try:
-        md = ring.instance_metadata(cfg, zone["uuid"])
+        md = instance_metadata(cfg, zone["uuid"])
     except LabError:
         if p.exists():       # config-agent keeps the last rendering when SAPI is away
             return json.loads(p.read_text())
@@ -357,9 +420,9 @@ class ElectricMoray:
             "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         path = ring_dir(zone)
         self.ring_path = path
-        self.stamp = ring.read_stamp(path)
+        self.stamp = read_stamp(path)
         self.image_uuid = installed_image(path)
-        self.digest = ring.ring_digest(path)          # before we take the LOCK
+        self.digest = ring_digest(path)               # before we take the LOCK
         self.ring = open_ring(path)                    # held (LOCK) until exit
         self.pnodes = list(self.ring.pnodes())
         self.data_vnodes = list(self.ring.data_vnodes())
@@ -378,18 +441,27 @@ class ElectricMoray:
             # A pnode that matches no indexShards entry counts as read-only.
             if not entry or any(s.get("readOnly") for s in entry):
                 self.ro_pnodes.add(p)
+        self.serving_since = None      # set once the RPC port listens (main)
         self.lock = threading.Lock()
         self.resolved = {}
         self.counts = {}
         self.clients = {}
 
     # ---- moray backends ------------------------------------------------------
+    def warm(self):
+        for host in sorted(set(self.hosts.values())):
+            try:
+                self._resolve(host)
+            except Exception:  # noqa: BLE001 - a request resolves again
+                pass
+
     def _resolve(self, host, force=False):
         now = time.monotonic()
         with self.lock:
             hit = self.resolved.get(host)
         if hit and not force and now - hit[1] < self.RESOLVE_TTL and hit[0]:
             return hit[0]
+        from . import moray       # the lab's name service (imported after start-up: see the imports)
         urls = moray.resolve(self.cfg, host)
         with self.lock:
             self.resolved[host] = (urls, now)
@@ -419,7 +491,9 @@ class ElectricMoray:
             try:
                 return self._client(u).call(name, args)
             except rpc.RpcError as exc:
-                if exc.name == "ConnectionError" and not exc.info.get("sent"):
+                if (exc.name == "ConnectionError" and not exc.info.get("sent")) or \
+                        (exc.name == rpc.NOT_APPLIED and exc.info.get("applied") is False):
+                    # refused at connect, or a moray shutting down that did not process it
                     urls = self._resolve(host, force=True)
                     continue
                 if node is not None:
@@ -576,6 +650,7 @@ class ElectricMoray:
             "smf_fmri": fmri(self.zone),
             "pid": os.getpid(),
             "start_time": self.start_time,
+            "serving_since": self.serving_since,
             "client_list": list(self.pnodes),
             "index_shards": self.index_shards,
             "read_only_pnodes": sorted(self.ro_pnodes),
@@ -599,10 +674,25 @@ class ElectricMoray:
         }
 
 
+def _utc_iso(t=None):
+    return datetime.datetime.fromtimestamp(time.time() if t is None else t, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def main(argv=None):
+    import argparse
+    import signal
+    # SIGTERM (svcadm disable / stop): drain and exit. SIGHUP: restart in place - drain, close the ring,
+    # and re-exec this program, which renders its config and reads its ring again at start, as a fresh
+    # start does (the ring swap's restart without a service-manager round trip; reshard_em_ring
+    # restart=signal). Installed first, so that a signal during start-up is not lost.
+    stopper = rpc.GracefulStop((signal.SIGTERM, signal.SIGHUP))
     ap = argparse.ArgumentParser(prog="manta_lab.emoray")
     ap.add_argument("--home", required=True)
     ap.add_argument("--zone", required=True)
+    ap.add_argument("--render-config", action="store_true",
+                    help="render etc/config.json from SAPI first (the config-agent; done by the start method "
+                         "otherwise)")
     args = ap.parse_args(argv)
     cfg = config.load(args.home)
     zone = zones.get(cfg, args.zone)
@@ -611,9 +701,13 @@ def main(argv=None):
         ready.unlink()
     except FileNotFoundError:
         pass
+    if args.render_config:
+        render_config(cfg, zone)
     conf = json.loads(Path(zone["paths"]["config"]).read_text())
     em = ElectricMoray(cfg, zone, conf)
-    srv = rpc.RpcServer(HOST, zone["ports"]["rpc"], em)
+    srv = rpc.RpcServer(HOST, zone["ports"]["rpc"], em, name=f"electric-moray {zone['alias']}")
+    # listening (connections are queued from here and answered by the loop below): serving
+    em.serving_since = _utc_iso()
     st = rpc.serve_status(HOST, zone["ports"]["status"], em.status)
     ready.parent.mkdir(parents=True, exist_ok=True)
     ready.write_text("")
@@ -621,16 +715,26 @@ def main(argv=None):
           f"rpc {HOST}:{zone['ports']['rpc']} status {HOST}:{zone['ports']['status']} "
           f"ring {em.ring_path} image {em.image_uuid} hash {em.digest[:16]} "
           f"vnodes {em.vnode_count} pnodes {em.pnodes} ro_={em.ro_} "
-          f"read-only pnodes {sorted(em.ro_pnodes)}", flush=True)
+          f"read-only pnodes {sorted(em.ro_pnodes)} (start {em.start_time}, serving {em.serving_since})",
+          flush=True)
+    # the lab's name service (moray.resolve) is imported and every pnode's morays looked up in the
+    # background, so that the first routed request does not pay for it
+    threading.Thread(target=em.warm, daemon=True, name="warm").start()
 
-    def term(*_):
-        threading.Thread(target=srv.shutdown, daemon=True).start()
-    signal.signal(signal.SIGTERM, term)
+    def stopping(sig):
+        what = "restart" if sig == signal.SIGHUP else "stop"
+        print(f"{time.strftime('%FT%T')} {signal.Signals(sig).name}: {what}: stop listening, drain in-flight "
+              "requests", flush=True)
     try:
-        srv.serve_forever()
+        # both ports stop listening at once (a client's connect is refused and goes to another
+        # electric-moray), requests in flight are answered, then we exit or restart
+        sig = stopper.run(srv, others=[st], on_stop=stopping)
     finally:
-        st.shutdown()
         _close(em.ring)
+    if sig == signal.SIGHUP:
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "manta_lab.emoray", "--home", str(args.home),
+                                  "--zone", args.zone, "--render-config"])
     return 0
 
 

@@ -9,8 +9,14 @@ reads its own writes. About 70% of the operations are writes (new keys, and
 conditional overwrites of the worker's own keys with the etag it last saw),
 the rest reads of the worker's keys. Objects are zero-byte (``sharks: []``).
 
-A request refused at connect time by one electric-moray (it is restarting)
-is sent to the next one, as haproxy does. The log (JSON lines, each one written and fsync'd before the next):
+A request that one electric-moray did not take - refused at connect time
+(it is restarting) or answered ServiceUnavailableError with ``applied:
+false`` (it is draining) - is sent to the next one, as haproxy does
+(``option redispatch``); each such failover is counted in the report. A
+request that may have been applied (sent, no reply) is never sent again: it
+is logged ``unacked``. So one write is logged at most once as acknowledged,
+and only when it got a success reply. The log (JSON lines, each one written
+and fsync'd before the next):
 
     {"op": "put", "t": ms, "key", "etag", "vhash", "vnode", "pnode", "em"}   acknowledged write
     {"op": "unacked", "t", "key", "vhash", "name"}    sent, no answer: may or may not be applied
@@ -126,17 +132,29 @@ def _dir_value(key):
             "owner": _owner(), "roles": [], "type": "directory"}
 
 
-def _haproxy(clients, first, fn):
-    """Like haproxy in front of electric-moray: a connection refused by one
-    process (e.g. restarting for a ring swap) goes to the next one."""
+def not_applied(exc):
+    """True when a failed request certainly did not reach moray: the connection was refused (or failed
+    before the request was sent), or a draining electric-moray answered that it did not process it."""
+    return (exc.name == "ConnectionError" and exc.info.get("sent") is False) or \
+        (exc.name == rpc.NOT_APPLIED and exc.info.get("applied") is False)
+
+
+def _haproxy(clients, first, fn, on_failover=None):
+    """Like haproxy in front of electric-moray (``option redispatch``): a request that one process did not
+    take (connection refused while it restarts for a ring swap, or answered "not processed" while it
+    drains) goes to the next one. A request that may have been applied (sent, no reply) is never sent
+    again: its outcome is unknown and it is reported as such. Returns (result, index of the process that
+    answered)."""
     last = None
     for k in range(len(clients)):
         i = (first + k) % len(clients)
         try:
             return fn(clients[i]), i
         except rpc.RpcError as exc:
-            if exc.name == "ConnectionError" and exc.info.get("sent") is False:
+            if not_applied(exc):
                 last = exc
+                if on_failover is not None and k + 1 < len(clients):
+                    on_failover(i, exc)
                 continue
             raise
     raise last
@@ -169,8 +187,8 @@ def run(cfg, rate, duration, log=None, workers=None, write_fraction=WRITE_FRACTI
     def failed(key, value, exc):
         t = _now_ms()
         st.err(exc.name)
-        if exc.name == "ConnectionError" and exc.info.get("sent") is False:
-            return            # never reached electric-moray: not applied
+        if not_applied(exc):
+            return            # no electric-moray took it (all refused): not applied
         if exc.name in ("ConnectionError", "InternalError", "NoDatabaseError",
                         "QueryTimeoutError"):
             # may or may not have been applied
@@ -192,6 +210,10 @@ def run(cfg, rate, duration, log=None, workers=None, write_fraction=WRITE_FRACTI
             st.inc("dir_writes")
         except rpc.RpcError as exc:
             failed(key, v, exc)
+
+    def failover(i, exc):
+        st.inc("failovers")
+        st.inc(f"failovers_{exc.name}")
 
     t_start = time.monotonic()
     t_end = t_start + duration
@@ -223,7 +245,8 @@ def run(cfg, rate, duration, log=None, workers=None, write_fraction=WRITE_FRACTI
                     etag = None
                 v = _value(key, i, run_id)
                 try:
-                    res, used = _haproxy(clients, em_i, lambda c: c.put_object(BUCKET, key, v, etag=etag))
+                    res, used = _haproxy(clients, em_i, lambda c: c.put_object(BUCKET, key, v, etag=etag),
+                                         failover)
                     ack(key, v, res, used)
                     mine[key] = res.get("etag")
                     st.inc("writes_ok")
@@ -235,7 +258,7 @@ def run(cfg, rate, duration, log=None, workers=None, write_fraction=WRITE_FRACTI
             else:
                 key = rng.choice(list(mine))
                 try:
-                    got, _ = _haproxy(clients, em_i, lambda c: c.get_object(BUCKET, key))
+                    got, _ = _haproxy(clients, em_i, lambda c: c.get_object(BUCKET, key), failover)
                     st.inc("reads_ok")
                     if got.get("_etag") != mine[key]:
                         st.inc("reads_stale")
@@ -261,6 +284,9 @@ def run(cfg, rate, duration, log=None, workers=None, write_fraction=WRITE_FRACTI
             "writes_ok": st.c["writes_ok"], "writes_failed": st.c["writes_failed"],
             "reads_ok": st.c["reads_ok"], "reads_failed": st.c["reads_failed"],
             "reads_stale": st.c["reads_stale"], "dir_writes": st.c["dir_writes"],
+            "failovers": {"total": st.c["failovers"],
+                          "refused": st.c["failovers_ConnectionError"],
+                          "not_processed": st.c[f"failovers_{rpc.NOT_APPLIED}"]},
             "errors": dict(st.errors),
             "rejections": {"total": sum(r["count"] for r in rejects), "vnodes": len(rejects),
                            "by_vnode": rejects},

@@ -40,6 +40,7 @@ from .rpc import error
 KIND = "moray"
 SERVICES = ["moray"]
 SVC = "moray"
+PORT_KEY = "MORAY_PORT"     # SAPI instance metadata: the port this zone serves on (see publish_port)
 
 SYSTEM_COLUMNS = ("_id", "_txn_snap", "_key", "_value", "_etag", "_mtime", "_vnode", "_idx")
 _BUCKET_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
@@ -82,6 +83,7 @@ def provision(cfg, shard, server_uuid=None, zuuid=None, metadata=None):
     md = {"SHARD": _short(shard), "SERVICE_NAME": shard,
           "MANATEE_SHARD_PATH": f"/manatee/{shard}", "ZK_SERVERS": cfg.zk_connect}
     md.update(metadata or {})
+    md[PORT_KEY] = port
     zone = zones.create(
         cfg, KIND, f"{_short(shard)}.moray-{zuuid[:8]}", SERVICES, zuuid=zuuid,
         shard=shard, server_uuid=server["uuid"], datacenter=server["datacenter"],
@@ -95,7 +97,32 @@ def provision(cfg, shard, server_uuid=None, zuuid=None, metadata=None):
     except BaseException:
         destroy(cfg, zone)    # a zone that failed setup is not left behind
         raise
+    publish_port(cfg, zone)
     return zone
+
+
+def publish_port(cfg, zone):
+    """Put the zone's port in its SAPI instance metadata (``MORAY_PORT``), where a client finds it the way
+    it finds a production moray: SAPI instance (SERVICE_NAME = the shard) + VMAPI VM (nic IP) + port. In
+    production every moray zone serves on 2020 (haproxy); lab zones share 127.0.0.1, so each publishes its
+    own. Instances created later by the lab's adoption take it from the zone record's metadata. Best effort:
+    SAPI down, or no instance yet (`lab up` adopts the zone right after), changes nothing."""
+    import http.client
+    from .config import port_free
+    if port_free(cfg.port("sapi")):
+        return False
+    body = json.dumps({"action": "update", "metadata": {PORT_KEY: zone["ports"]["rpc"]}})
+    c = http.client.HTTPConnection(HOST, cfg.port("sapi"), timeout=30)
+    try:
+        c.request("PUT", f"/instances/{zone['uuid']}", body=body,
+                  headers={"Content-Type": "application/json", "Accept-Version": "~2"})
+        r = c.getresponse()
+        r.read()
+        return r.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        c.close()
 
 
 def destroy(cfg, zone):
@@ -806,7 +833,7 @@ def main(argv=None):
     cfg = config.load(args.home)
     zone = zones.get(cfg, args.zone)
     m = Moray(cfg, zone)
-    srv = rpc.RpcServer(HOST, zone["ports"]["rpc"], m, gets={"/status": m.ping})
+    srv = rpc.RpcServer(HOST, zone["ports"]["rpc"], m, gets={"/status": m.ping}, name=f"moray {zone['alias']}")
     print(f"{time.strftime('%FT%T')} moray {zone['alias']} shard {m.shard} "
           f"listening on {HOST}:{zone['ports']['rpc']} pid {os.getpid()}", flush=True)
     def zk_start():
@@ -816,13 +843,9 @@ def main(argv=None):
         except Exception as exc:  # noqa: BLE001 - without ZK every RPC says so
             print(f"{time.strftime('%FT%T')} zookeeper: {exc!r}", flush=True)
     threading.Thread(target=zk_start, daemon=True, name="zk-start").start()
-    import signal
-
-    def term(*_):
-        threading.Thread(target=srv.shutdown, daemon=True).start()
-    signal.signal(signal.SIGTERM, term)
     try:
-        srv.serve_forever()
+        # SIGTERM: stop listening at once, answer what is in flight (rpc.serve_until_term)
+        rpc.serve_until_term(srv)
     finally:
         try:
             if m.zk is not None:

@@ -42,7 +42,12 @@ STATUS = {
     "NoDatabaseError": 503,
     "NoBackendsError": 503,
     "QueryTimeoutError": 504,
+    "ServiceUnavailableError": 503,
 }
+
+# The reply of a server that is shutting down (SIGTERM) to a request it read but
+# did not process: the client may send it elsewhere (``info.applied`` is false).
+NOT_APPLIED = "ServiceUnavailableError"
 
 _MISSING = object()
 
@@ -115,10 +120,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.server.draining:
+            # shutting down: no further request on this connection
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
+    # In-flight accounting for a graceful stop: a request counts from the moment its
+    # request line has been read until its reply has been written.
+    def handle_one_request(self):
+        self._counted = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self._counted:
+                self.server.leave()
+
+    def parse_request(self):
+        self.server.enter()
+        self._counted = True
+        return super().parse_request()
+
+    def _refuse_if_draining(self):
+        if not self.server.draining:
+            return False
+        self._send(503, error(NOT_APPLIED, f"{self.server.name} is shutting down; request not processed",
+                              info={"applied": False}).to_wire())
+        return True
+
     def do_GET(self):
+        if self._refuse_if_draining():
+            return
         path = self.path.split("?", 1)[0]
         fn = self.server.gets.get(path)
         if fn is None:
@@ -133,6 +166,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         name = self.path.split("?", 1)[0].lstrip("/")
+        if self.server.draining:
+            # read the body all the same: closing a socket with unread data resets the
+            # connection, and the client could lose the reply that tells it to go elsewhere
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+            except (ValueError, OSError):
+                pass
+            self._refuse_if_draining()
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b"{}"
@@ -164,12 +208,72 @@ class RpcServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, host, port, handler, gets=None, verbose=False):
+    def __init__(self, host, port, handler, gets=None, verbose=False, name=None):
         self.rpc_handler = handler
         self.gets = {"/ping": lambda: {"ok": True}}
         self.gets.update(gets or {})
         self.verbose = verbose
+        self.name = name or f"{host}:{port}"
+        self.draining = False
+        self._inflight = 0
+        self._conns = set()
+        self._cv = threading.Condition()
         super().__init__((host, port), _Handler)
+
+    def process_request_thread(self, request, client_address):
+        with self._cv:
+            self._conns.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._cv:
+                self._conns.discard(request)
+
+    def enter(self):
+        with self._cv:
+            self._inflight += 1
+
+    def leave(self):
+        with self._cv:
+            self._inflight -= 1
+            self._cv.notify_all()
+
+    def stop_listening(self):
+        """Stop taking connections: the accept loop ends (serve_forever must run with a short
+        poll_interval), connections the kernel had already queued are accepted and answered
+        (NOT_APPLIED, since we are draining), then the listening socket is closed, so that a
+        client's connect is refused at once and it goes to another server."""
+        with self._cv:
+            self.draining = True
+        self.shutdown()
+        try:
+            self.socket.setblocking(False)
+            while True:
+                try:
+                    req, addr = self.socket.accept()
+                except OSError:
+                    break
+                req.setblocking(True)
+                self.process_request(req, addr)
+        finally:
+            self.socket.close()
+
+    def drain(self, timeout=10.0):
+        """Graceful stop: stop listening, then wait (at most ``timeout`` s) until every request
+        read so far has been answered. Requests read from here on get NOT_APPLIED."""
+        self.stop_listening()
+        import socket
+        with self._cv:
+            ok = self._cv.wait_for(lambda: self._inflight <= 0, timeout)
+            # Nothing in flight: end every kept-alive connection now, under the lock (no request can start
+            # meanwhile), rather than when the process exits, so that the instant at which a client's request
+            # could cross our close (and get no answer) is as short as it can be.
+            for c in list(self._conns):
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        return ok
 
     def log_exception(self, name, exc):
         import traceback
@@ -177,12 +281,76 @@ class RpcServer(ThreadingHTTPServer):
         traceback.print_exc()
 
 
+POLL = 0.05     # accept-loop poll: how long a stop waits for serve_forever to notice
+
+
 def serve_status(host, port, fn):
     """A second, GET-only server (electric-moray's status port) in a thread."""
-    srv = RpcServer(host, port, object(), gets={"/status": fn})
-    t = threading.Thread(target=srv.serve_forever, name=f"status-{port}", daemon=True)
+    srv = RpcServer(host, port, object(), gets={"/status": fn}, name=f"status {host}:{port}")
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": POLL}, name=f"status-{port}",
+                         daemon=True)
     t.start()
     return srv
+
+
+class GracefulStop:
+    """Stop a server on a signal, gracefully and fast. Created early (its signal handlers are installed at
+    once, so a signal that arrives while the process is still starting is not lost), then ``run(srv)``
+    serves until one of ``signals`` arrives: every server (``srv`` and ``others``, e.g. a status server)
+    stops listening at once (a client's connect is refused, which sends it to another process, as haproxy
+    does), in-flight requests are answered, requests read after that are answered NOT_APPLIED, and
+    ``run`` returns the signal number."""
+
+    def __init__(self, signals=None):
+        import signal
+        self.signals = tuple(signals or (signal.SIGTERM,))
+        self.fired = None
+        self.lock = threading.Lock()
+        self.srv = None
+        self.others = ()
+        self.on_stop = None
+        self.drain_timeout = 10.0
+        self.done = threading.Event()
+        for sig in self.signals:
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, _frame):
+        with self.lock:
+            if self.fired is not None:
+                return
+            self.fired = signum
+            start = self.srv is not None
+        if start:
+            threading.Thread(target=self._stop, daemon=True, name="drain").start()
+
+    def _stop(self):
+        try:
+            if self.on_stop is not None:
+                self.on_stop(self.fired)
+            ts = [threading.Thread(target=o.stop_listening, daemon=True) for o in self.others]
+            for t in ts:
+                t.start()
+            self.srv.drain(self.drain_timeout)
+            for t in ts:
+                t.join(2.0)
+        finally:
+            self.done.set()
+
+    def run(self, srv, others=(), drain_timeout=10.0, on_stop=None):
+        self.others, self.drain_timeout, self.on_stop = tuple(others), drain_timeout, on_stop
+        with self.lock:
+            self.srv = srv
+            early = self.fired is not None
+        if early:
+            threading.Thread(target=self._stop, daemon=True, name="drain").start()
+        srv.serve_forever(poll_interval=POLL)
+        self.done.wait(drain_timeout + 5.0)
+        return self.fired
+
+
+def serve_until_term(srv, others=(), drain_timeout=10.0, on_stop=None):
+    """``GracefulStop().run(srv, ...)`` for SIGTERM: serve until it, then stop gracefully (see there)."""
+    return GracefulStop().run(srv, others, drain_timeout, on_stop)
 
 
 # ---- client -------------------------------------------------------------------

@@ -27,9 +27,11 @@ Steps (reshard.md section 1, manatee.md section 5):
                       reprovision onto the same image, at most once per
                       marker, for the three peers in parallel.
 ``verify_new_shard``  the new cluster is up (primary writable, sync and async
-                      streaming) and a sentinel written through the new shard
-                      (its moray when reachable, else its primary) is read on
-                      the new async.
+                      streaming); a sentinel is written through one of the new
+                      shard's morays (found in SAPI and VMAPI, not in any
+                      inventory), read back through every one of them and read
+                      straight from the new async: moray -> new primary ->
+                      sync -> async, end to end.
 ``switch_sapi``       (start of ``install_ring``) the new shard appended to
                       INDEX_MORAY_SHARDS before any electric-moray loads a
                       ring naming it, and HASH_RING_IMAGE compare-and-swapped
@@ -48,6 +50,7 @@ from ansible_collections.manta.ops.plugins.module_utils import manatee_pg as mpg
 from ansible_collections.manta.ops.plugins.module_utils import manatee_state as ms
 from ansible_collections.manta.ops.plugins.module_utils import reshard_common as rc
 from ansible_collections.manta.ops.plugins.module_utils import reshard_journal as rj
+from ansible_collections.manta.ops.plugins.module_utils import reshard_ring as rring
 
 MARKER_KEY = "MANTA_OPS_REPROVISION"
 TAIL_FIRST = ("async", "sync", "primary")
@@ -158,7 +161,7 @@ class Cutover:
                 st = rc.em_status(u, timeout=2.0)
                 if rc.status_image(st) != image:
                     return False, f"{u} serves {rc.status_image(st)}"
-                out[u] = rj.parse_iso(st.get("start_time"))
+                out[u] = rring.serving_ts(st)
             return True, "all transitional"
         self.wait("every electric-moray to serve the transitional ring", ready, timeout, poll=0.05)
         return out
@@ -262,12 +265,16 @@ class Cutover:
             rec["at"] = rj.now_iso()
             detached[role] = rec
             self.j.set_props({"detached": detached}, event=f"detaching new {role} {tail['zoneId']}")
+            t1 = time.monotonic()
             self.zone_cmd(tail["zoneId"], "disable", "manatee-sitter")
+            self.timings[f"sitter_disable_{role}"] = round(time.monotonic() - t1, 3)
             if role == "async":
                 self.hold("detach_peers")
             self.wait(f"{tail['id']} to leave the election of {shard}",
                       lambda t=tail: (t["id"] not in self.election_ids(shard), "still has an election node"),
                       self.p["timeout"])
+            # its SAPI side for reconfigure_peers, while the next one is detached (nothing restarts it)
+            self._prefetch(role, rec)
         # 3. the old primary has dropped them
         ids = {d["peer"]["id"] for d in detached.values()}
 
@@ -295,6 +302,18 @@ class Cutover:
 
     # ---- reconfigure_peers ------------------------------------------------------------------------------
     def reconfigure_one(self, role, rec):
+        t0 = time.monotonic()
+        try:
+            return self._reconfigure_one(role, rec)
+        finally:
+            self.timings[f"reconfigure_{role}"] = round(time.monotonic() - t0, 3)
+
+    def prepare_one(self, role, rec):
+        """The SAPI half of reconfiguring one detached peer, which restarts nothing: its SAPI metadata
+        (SERVICE_NAME, SHARD, MANATEE_SHARD_PATH) and alias, its image from VMAPI, and its reprovision marker
+        set to pending (with the VMAPI reprovision jobs seen before). Run as soon as the peer is detached
+        (its sitter is disabled, so nothing reads its new metadata until the reprovision), while the next
+        peer is being detached. Returns {"out", "pending"}; pending None = nothing left to reprovision."""
         zone = rec["zone"]
         new_shard, new_short, domain = self.p["new_shard"], self.p["new_short"], self.p["domain"]
         alias = f"{new_short}.postgres.{domain}-{zone[:8]}"
@@ -313,7 +332,7 @@ class Cutover:
         rec_m = md.get(MARKER_KEY) if isinstance(md.get(MARKER_KEY), dict) else None
         if rec_m and rec_m.get("marker") == marker and rec_m.get("state") == "done":
             out["reprovisioned"] = False
-            return out
+            return {"out": out, "pending": None}
         if rec_m and rec_m.get("marker") == marker and rec_m.get("state") == "pending":
             prior = set(rec_m.get("prior_jobs") or [])
             jobs = [j for j in self.vmapi.list_vm_jobs(zone, task="reprovision") if j.get("uuid") not in prior]
@@ -327,12 +346,41 @@ class Cutover:
                     self.sapi.update("instance", zone, "update", metadata={MARKER_KEY: dict(
                         rec_m, state="done", finished_at=rj.now_iso())})
                     out["reprovisioned"] = "resolved"
-                    return out
+                    return {"out": out, "pending": None}
         prior = sorted(j.get("uuid") for j in self.vmapi.list_vm_jobs(zone, task="reprovision"))
         pending = {"marker": marker, "state": "pending", "image_uuid": image, "started_at": rj.now_iso(),
                    "prior_jobs": prior}
         self.sapi.update("instance", zone, "update", metadata={MARKER_KEY: pending})
-        self.sapi.upgrade_instance(zone, image, timeout=self.p["timeout"])
+        return {"out": out, "pending": pending}
+
+    def _prefetch(self, role, rec):
+        """prepare_one(role) in the background (see there); reconfigure_peers collects it."""
+        if self.check:
+            return
+        if getattr(self, "_prep_pool", None) is None:
+            self._prep_pool = ThreadPoolExecutor(max_workers=3)
+            self._prepared = {}
+        self._prepared[role] = self._prep_pool.submit(self.prepare_one, role, rec)
+
+    def _reconfigure_one(self, role, rec):
+        prep = None
+        fut = (getattr(self, "_prepared", None) or {}).get(role)
+        if fut is not None:
+            try:
+                prep = fut.result(timeout=self.p["timeout"])
+                if prep["out"]["zone"] != rec["zone"]:
+                    prep = None
+            except Exception:  # noqa: BLE001 - done again below, from the real state
+                prep = None
+        if prep is None:
+            prep = self.prepare_one(role, rec)
+        out, pending = prep["out"], prep["pending"]
+        if pending is None:
+            return out
+        zone = rec["zone"]
+        t1 = time.monotonic()
+        self.sapi.upgrade_instance(zone, pending["image_uuid"], timeout=self.p["timeout"])
+        self.timings[f"reprovision_{role}"] = round(time.monotonic() - t1, 3)
         self.sapi.update("instance", zone, "update",
                          metadata={MARKER_KEY: dict(pending, state="done", finished_at=rj.now_iso())})
         out["reprovisioned"] = True
@@ -370,39 +418,107 @@ class Cutover:
                 return False, f"async {a['id']} link: {r}"
         return True, "healthy"
 
+    def discover_morays(self):
+        """The new shard's morays, found as production finds them (reshard.md §1 "Instance listing"):
+        the SAPI ``moray`` service of the application, its instances whose ``metadata.SERVICE_NAME`` is the
+        new shard, each one's VM from VMAPI (it must be running; its address is the IP of its ``manta``
+        nic, else its primary nic) and its port: instance metadata ``MORAY_PORT`` where the deployment
+        publishes one (the lab, whose zones share 127.0.0.1), else ``moray_port`` (2020: haproxy in every
+        moray zone). Returns [{uuid, url, server_uuid, alias}]; the endpoints come from no inventory."""
+        new_shard = self.p["new_shard"]
+        svcs = [s for s in self.sapi.list_services(name="moray", application_uuid=self.p["app_uuid"])
+                if s.get("name") == "moray"]
+        if len(svcs) != 1:
+            raise CutoverError(f"SAPI has {len(svcs)} 'moray' services in application {self.p['app_uuid']}; "
+                               "expected exactly 1")
+        out = []
+        for inst in self.sapi.list_instances(service_uuid=svcs[0]["uuid"]):
+            md = inst.get("metadata") or {}
+            if md.get("SERVICE_NAME") != new_shard:
+                continue
+            vm = self.vmapi.get_vm_or_none(inst["uuid"])
+            if not vm or vm.get("state") != "running":
+                continue
+            nics = vm.get("nics") or []
+            nic = next((n for n in nics if n.get("nic_tag") == "manta"), None) \
+                or next((n for n in nics if n.get("primary")), None) or (nics[0] if nics else None)
+            if not nic or not nic.get("ip"):
+                continue
+            try:
+                port = int(md.get("MORAY_PORT") or self.p.get("moray_port") or 2020)
+            except (TypeError, ValueError):
+                raise CutoverError(f"moray instance {inst['uuid']} has MORAY_PORT {md.get('MORAY_PORT')!r}; "
+                                   "expected a port number") from None
+            out.append({"uuid": inst["uuid"], "url": f"http://{nic['ip']}:{port}",
+                        "server_uuid": vm.get("server_uuid"), "alias": vm.get("alias")})
+        return sorted(out, key=lambda m: m["uuid"])
+
+    def _moray_sentinel(self, morays, deadline):
+        """Write a fresh sentinel through one of the new shard's morays (the first that takes it) and read it
+        back through every one of them. Returns (etag, value, via url, {url: etag read})."""
+        value = rc.sentinel_value(self.plan, "verify_new_shard: through the new moray")
+        etag = via = None
+        last = None
+        while etag is None:
+            for m in morays:
+                try:
+                    res = rc.EmClient(m["url"], timeout=10).put_object(rc.SENTINEL_TABLE, rc.SENTINEL_KEY, value)
+                    etag, via = res.get("etag"), m["url"]
+                    break
+                except rc.EmError as exc:
+                    last = f"{m['url']}: {exc}"
+            if etag is None:
+                if time.monotonic() > deadline:
+                    raise CutoverError(f"cannot write the sentinel through any moray of {self.p['new_shard']} "
+                                       f"({', '.join(m['url'] for m in morays)}): {last}")
+                time.sleep(0.05)
+        reads = {}
+        pending = list(morays)
+        while pending:
+            for m in list(pending):
+                try:
+                    got = rc.EmClient(m["url"], timeout=10).get_object(rc.SENTINEL_TABLE, rc.SENTINEL_KEY)
+                except rc.EmError as exc:
+                    last = f"{m['url']}: {exc}"
+                    continue
+                if got.get("_etag") == etag and got.get("value") == value:
+                    reads[m["url"]] = etag
+                    pending.remove(m)
+                else:
+                    last = f"{m['url']} reads etag {got.get('_etag')}, expected {etag}"
+            if pending:
+                if time.monotonic() > deadline:
+                    raise CutoverError(f"the sentinel written through {via} is not read back through "
+                                       f"{', '.join(m['url'] for m in pending)}: {last}")
+                time.sleep(0.05)
+        return etag, value, via, reads
+
     def verify_new_shard(self):
         new_shard = self.p["new_shard"]
         t0 = time.monotonic()
-        self.wait(f"the new cluster {new_shard} to be healthy", self.cluster_ok, self.p["timeout"], poll=0.1)
+        morays = getattr(self, "morays", None) or self.discover_morays()
+        if not morays:
+            raise CutoverError(f"SAPI lists no running moray of {new_shard} (phase create_morays provisions "
+                               "three); cannot prove the path through the new shard's moray")
+        self.wait(f"the new cluster {new_shard} to be healthy", self.cluster_ok, self.p["timeout"], poll=0.05)
         self.hold("verify_new_shard")
         st = self.load_state(new_shard)
-        via = "primary"
-        etag = value = None
-        urls = self.p.get("moray_urls") or []
-        if urls:
-            value = rc.sentinel_value(self.plan, "verify_new_shard: through the new moray")
-            last = None
-            deadline = time.monotonic() + self.p["timeout"]
-            while time.monotonic() < deadline:
-                try:
-                    res = rc.EmClient(urls[0], timeout=10).put_object(rc.SENTINEL_TABLE, rc.SENTINEL_KEY, value)
-                    etag = res.get("etag")
-                    via = f"moray {urls[0]}"
-                    break
-                except rc.EmError as exc:
-                    last = exc
-                    time.sleep(0.1)
-            if etag is None:
-                raise CutoverError(f"cannot write the sentinel through the new moray {urls[0]}: {last}")
-        else:
-            conn = rc.pg_connect(st["primary"]["pgUrl"], **self.pg_opts)
-            try:
-                etag, value = rc.write_sentinel(conn, self.plan, "verify_new_shard: new primary")
-            finally:
-                conn.close()
-        waited = rc.wait_sentinel(st["async"][-1]["pgUrl"], etag, value, self.p["timeout"], self.pg_opts)
+        deadline = time.monotonic() + self.p["timeout"]
+        try:
+            etag, value, via, reads = self._moray_sentinel(morays, deadline)
+        except CutoverError:
+            fresh = self.discover_morays()          # instances changed since the start? once more, afresh
+            if not fresh or fresh == morays:
+                raise
+            morays = fresh
+            etag, value, via, reads = self._moray_sentinel(morays, time.monotonic() + self.p["timeout"])
+        # replication: the value written through the moray is on the new async (read straight from it: a
+        # moray only reads from the primary)
+        waited = rc.wait_sentinel(st["async"][-1]["pgUrl"], etag, value, self.p["timeout"], self.pg_opts,
+                                  interval=0.05)
         self.timings["verify_new_shard"] = round(time.monotonic() - t0, 3)
-        return {"new_shard_verified": {"via": via, "etag": etag, "read_on": st["async"][-1]["id"],
+        return {"new_shard_verified": {"via": f"moray {via}", "etag": etag, "read_through": sorted(reads),
+                                       "morays": [m["uuid"] for m in morays], "read_on": st["async"][-1]["id"],
                                        "waited": round(waited, 3), "at": rj.now_iso()}}
 
     # ---- switch_sapi (first part of install_ring) ----------------------------------------------------------

@@ -193,3 +193,53 @@ def stage(imgapi, ring_path, image_uuid):
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- rolling swaps --------------------------------------------------------------------------------
+
+def serving_ts(status, start_time=True):
+    """When an electric-moray process began serving (epoch seconds), from its own status document:
+    ``serving_since`` (its RPC port listening), else (with ``start_time``) ``start_time`` (process start),
+    else None."""
+    from ansible_collections.manta.ops.plugins.module_utils.reshard_journal import parse_iso
+    for key in ("serving_since", "start_time") if start_time else ("serving_since",):
+        v = (status or {}).get(key)
+        if v:
+            try:
+                return parse_iso(v)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def batch_size(n, batch=0):
+    """How many electric-morays are swapped at once: ``batch`` when given (> 0), else max(1, n // 3), as
+    manta-reshard did (reshard.md §3.4); never all of them when there are two or more, so that one
+    always serves."""
+    if n <= 0:
+        return 0
+    b = int(batch) if batch and int(batch) > 0 else max(1, n // 3)
+    if n >= 2:
+        b = min(b, n - 1)
+    return max(1, min(b, n))
+
+
+def swap_batches(order, batch=0):
+    """``order`` (the electric-morays in swap order) cut into consecutive batches of batch_size()."""
+    order = list(order)
+    b = batch_size(len(order), batch)
+    return [order[i:i + b] for i in range(0, len(order), b)] if b else []
+
+
+def rolling_wait_for(order, me, batch=0):
+    """The electric-morays that must serve the new ring before ``me`` is swapped: every one in an earlier
+    batch. Those in ``me``'s own batch are swapped at the same time; later batches wait for it."""
+    order = list(order)
+    if me not in order:
+        raise ValueError(f"{me} is not in the swap order {order}")
+    out = []
+    for b in swap_batches(order, batch):
+        if me in b:
+            return out
+        out.extend(b)
+    return out

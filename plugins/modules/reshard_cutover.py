@@ -28,8 +28,12 @@ description:
   - C(reconfigure_peers) moves the peers to the new shard in SAPI (SERVICE_NAME, SHARD, MANATEE_SHARD_PATH,
     alias), renames the VMs in VMAPI and reprovisions each onto its image at most once (marker in its metadata,
     as M(manta.ops.sapi_instance) does).
-  - C(verify_new_shard) waits for the new cluster to be healthy and reads on its async a sentinel written
-    through its moray (O(moray_urls)) or, when no moray endpoint is known, written to its primary.
+  - C(verify_new_shard) waits for the new cluster to be healthy, writes a sentinel through one of the new
+    shard's morays, reads it back through every one of them and reads it straight from the new async. The morays
+    are found as production finds them, not in an inventory - SAPI instances of the C(moray) service whose
+    C(SERVICE_NAME) is the new shard, each one's address from its VMAPI VM (C(manta) nic) and its port from
+    its instance metadata C(MORAY_PORT), else O(moray_port) - once when the process starts (before the window),
+    and again if none of them answers.
   - C(switch_sapi) appends the new shard to C(INDEX_MORAY_SHARDS) and compare-and-swaps C(HASH_RING_IMAGE) from
     the plan's transitional (or old) image to its final image; any other value stops the reshard.
 options:
@@ -79,11 +83,11 @@ options:
         e.g. V(manta-oneach -z {zone} 'svcadm {action} {service}').
     type: str
     required: true
-  moray_urls:
-    description: Endpoints of the new shard's morays, if reachable from here.
-    type: list
-    elements: str
-    default: []
+  moray_port:
+    description: Port of a moray zone whose SAPI instance metadata publishes no C(MORAY_PORT) (haproxy in front
+      of the zone's moray processes).
+    type: int
+    default: 2020
   pause_before:
     description: Stop cleanly before this step (a phase name).
     type: str
@@ -194,7 +198,7 @@ def main():
         app_uuid=dict(type="str", required=True),
         freeze_reason=dict(type="str", required=True),
         zone_svcadm=dict(type="str", required=True),
-        moray_urls=dict(type="list", elements="str", default=[]),
+        moray_port=dict(type="int", default=2020),
         pause_before=dict(type="str"),
         test_hold=dict(type="str"),
         timeout=dict(type="float", default=300),
@@ -227,6 +231,11 @@ def main():
             if not module.check_mode:
                 res["timings"]["worker_lock_wait"] = round(co.worker_lock(p["timeout"] * 4), 3)
                 j.doc, dummy = rj.load(zk, p["plan"])          # fresh, after the lock
+            if "verify_new_shard" in p["steps"] and not module.check_mode and not j.done("verify_new_shard"):
+                # found now, before the window opens (verify_new_shard finds them again if none answers)
+                t0 = time.monotonic()
+                co.morays = co.discover_morays()
+                res["timings"]["discover_morays"] = round(time.monotonic() - t0, 3)
             wt = p.get("wait_transitional") or {}
             if wt and not module.check_mode and not j.done("block_writes"):
                 t0 = time.monotonic()

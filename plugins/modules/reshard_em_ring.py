@@ -22,6 +22,10 @@ description:
     (restarting it again when its configuration has not been re-rendered yet).
   - With O(wait_for) the swap waits until each listed status endpoint serves the image first, so tasks run in
     parallel on several processes still swap one after another (rolling).
+  - With O(rolling_order) (every process's status endpoint, in swap order) the processes are swapped in batches
+    of O(batch) (default max(1, N/3), never all N), as manta-reshard did. This process waits until the
+    batch before its own serves the image (that batch waited for the one before it) and at least one process
+    outside its batch answers, so one always serves.
   - Every step looks at the real state first (stamp file, staged directory, status), so a swap interrupted
     half way is completed by the next run. V(query) only reports; V(absent) removes the staging directory.
 options:
@@ -68,6 +72,19 @@ options:
     type: list
     elements: str
     default: []
+  rolling_order:
+    description:
+      - The status endpoints of all the electric-moray processes being swapped, in swap order (this one's
+        O(status_url) among them). They are cut into batches of O(batch); this process waits for the processes
+        of the batch before its own to serve the image (in addition to O(wait_for)); that batch waited for the
+        one before it, and so on.
+    type: list
+    elements: str
+    default: []
+  batch:
+    description: Processes swapped at the same time with O(rolling_order); V(0) means max(1, N/3) (capped at N-1).
+    type: int
+    default: 0
   only_from:
     description:
       - Swap only a ring stamped with one of these images. A ring stamped with O(superseded_by) is left alone
@@ -86,6 +103,8 @@ options:
       - Before swapping, wait until a SAPI application's metadata key holds a value, C({url, application, key,
         value}) (e.g. C(HASH_RING_IMAGE) = the final image). Lets this task be started early, in the background,
         and act the moment the reshard is ready for it.
+      - With O(rolling_order), only the processes of the first batch wait for SAPI; the others wait for the batch
+        before theirs to serve the image, which it does only once SAPI names it.
     type: dict
   wait_timeout:
     description: Seconds to wait for O(wait_sapi) and O(wait_for) (default O(timeout)).
@@ -94,8 +113,25 @@ options:
     description: Seconds to wait for the process to stop, to come back with the new ring, or for O(wait_for).
     type: float
     default: 120
+  restart:
+    description:
+      - How the process is restarted around the swap. V(svcadm) (production) stops it with O(svcadm) C(disable),
+        swaps the ring, starts it with C(enable), as C(electric-moray-update-ring.sh) does. V(signal) moves the
+        ring under the running process (which keeps serving the ring it read at start from its open files) and
+        sends its pid (from its status, checked against O(ring_path)) O(restart_signal); the process stops
+        listening, answers what is in flight and starts again, reading its configuration and ring at start.
+        One round trip fewer, and no service-manager process to start (the lab's electric-moray restarts in
+        place on SIGHUP). A process that is not running is started with O(svcadm) either way.
+    type: str
+    choices: [svcadm, signal]
+    default: svcadm
+  restart_signal:
+    description: The signal that makes the process restart itself, with O(restart=signal).
+    type: str
+    default: HUP
   test_crash:
-    description: Test hook; kill this process (SIGKILL) right after the electric-moray process is stopped.
+    description: Test hook; kill this process (SIGKILL) right after the electric-moray process is stopped
+      (with O(restart=signal), right after the ring is moved under it, before the signal).
     type: bool
     default: false
   restarts:
@@ -152,9 +188,19 @@ stopped_ts:
   returned: when swapped
   type: float
 serving_ts:
-  description: When the process first answered with the new ring (epoch seconds).
+  description: When the process began serving the new ring (epoch seconds), as its status reports it
+    (C(serving_since), else C(start_time)); else when it first answered.
   returned: when installed
   type: float
+batch_index:
+  description: The batch of this process in O(rolling_order) (0 = the first to swap).
+  returned: when rolling_order is given
+  type: int
+waited_for:
+  description: The status endpoints this process waited for (to serve the image) before it was swapped.
+  returned: when installed, not in check mode
+  type: list
+  elements: str
 restarts:
   description: Extra restarts made because of a stale index-shard view.
   returned: when installed
@@ -252,13 +298,31 @@ class Swapper:
             return False
 
     def barrier(self, deadline):
-        while not self.sapi_ready():
-            if time.monotonic() > deadline:
-                w = self.p["wait_sapi"]
-                self.m.fail_json(msg=f"waited {self.wait_s:g}s for SAPI {w['key']} to become {w['value']}; "
-                                     "not swapping", **self.res)
-            time.sleep(self.p["poll"])
         pending = list(self.p["wait_for"])
+        order = list(self.p["rolling_order"] or [])
+        mine, index = [], 0
+        if order:
+            if self.p["status_url"] not in order:
+                self.m.fail_json(msg=f"status_url {self.p['status_url']} is not in rolling_order {order}",
+                                 **self.res)
+            batches = rring.swap_batches(order, self.p["batch"])
+            index = next(i for i, b in enumerate(batches) if self.p["status_url"] in b)
+            self.res["batch_index"] = index
+            mine = batches[index]
+            # the batch just before this one: it swapped only once the ones before it served the image, so
+            # polling it alone is enough (and keeps the status polls inside the window few)
+            if index > 0:
+                pending += [u for u in batches[index - 1] if u not in pending]
+        self.res["waited_for"] = list(pending)
+        # Only the first batch waits for SAPI: a later batch follows processes that already serve the image,
+        # which they did only after SAPI named it (no need for every worker to poll SAPI inside the window).
+        if index == 0:
+            while not self.sapi_ready():
+                if time.monotonic() > deadline:
+                    w = self.p["wait_sapi"]
+                    self.m.fail_json(msg=f"waited {self.wait_s:g}s for SAPI {w['key']} to become {w['value']}; "
+                                         "not swapping", **self.res)
+                time.sleep(self.p["poll"])
         while pending and time.monotonic() < deadline:
             pending = [u for u in pending if rc.status_image(rc.em_status(u)) != self.p["image_uuid"]]
             if pending:
@@ -266,6 +330,14 @@ class Swapper:
         if pending:
             self.m.fail_json(msg=f"waited {self.wait_s:g}s for {', '.join(pending)} to serve "
                                  f"{self.p['image_uuid']} before swapping this one", **self.res)
+        others = [u for u in order if u not in mine]
+        if others:
+            # rolling: never stop this one unless a process outside its batch is serving
+            while not any(rc.em_status(u, timeout=2.0) is not None for u in others):
+                if time.monotonic() > deadline:
+                    self.m.fail_json(msg=f"no other electric-moray answers ({', '.join(others)}); not stopping "
+                                         f"{self.p['status_url']}", **self.res)
+                time.sleep(self.p["poll"])
 
     def imgapi(self):
         from ansible_collections.manta.ops.plugins.module_utils.imgapi import ImgapiClient
@@ -281,7 +353,8 @@ class Swapper:
     def short(st):
         if not st:
             return None
-        return {"image": rc.status_image(st), "start_time": st.get("start_time"), "pid": st.get("pid"),
+        return {"image": rc.status_image(st), "start_time": st.get("start_time"),
+                "serving_since": st.get("serving_since"), "pid": st.get("pid"),
                 "index_shards": st.get("index_shards"), "read_only_pnodes": st.get("read_only_pnodes"),
                 "ring": {k: (st.get("ring") or {}).get(k) for k in ("vnodes", "pnodes", "data_vnodes", "ro")}}
 
@@ -317,8 +390,7 @@ class Swapper:
             if ok:
                 # already done (maybe by a run that was killed before journaling it): the process's start
                 # time is when it began serving this ring
-                from ansible_collections.manta.ops.plugins.module_utils.reshard_journal import parse_iso
-                self.res["serving_ts"] = parse_iso(st.get("start_time"))
+                self.res["serving_ts"] = rring.serving_ts(st)
                 self.res["already"] = True
                 self.res["status"] = self.short(st)
                 return
@@ -336,36 +408,100 @@ class Swapper:
         if in_place != img:
             if not rring.is_staged(rp, img):
                 self.stage_one(img)
-            if st is not None:
+            if st is not None and self.by_signal:
+                # the process keeps serving the ring it read at start (its files stay open); the ring is
+                # moved under it, then it restarts itself and reads the new one
+                self.move_ring(in_place)
+                self.crash_hook()
+                st = self.restart_by_signal(st, deadline)
+            else:
+                if st is not None:
+                    self.svc("disable")
+                    self.res["stopped_ts"] = self.wait_down(deadline)
+                    self.crash_hook()
+                else:
+                    self.res["stopped_ts"] = time.time()
+                self.move_ring(in_place)
+        elif st is not None and rc.status_image(st) != img:
+            # the ring in place is the image but the process serves another one: a run killed between the
+            # move and the restart. Restart it.
+            if self.by_signal:
+                st = self.restart_by_signal(st, deadline)
+            else:
                 self.svc("disable")
                 self.res["stopped_ts"] = self.wait_down(deadline)
-                if p["test_crash"]:
-                    import signal
-                    os.kill(os.getpid(), signal.SIGKILL)
-            else:
-                self.res["stopped_ts"] = time.time()
-            root = rring.staging_root(rp)
-            if os.path.isdir(rp):
-                keep = os.path.join(root, in_place or f"unstamped-{int(time.time())}")
-                if os.path.exists(keep):
-                    shutil.rmtree(keep)
-                os.rename(rp, keep)
-            os.rename(rring.staged_dir(rp, img), rp)
+        why = "it did not come back"
         for attempt in range(p["restarts"] + 1):
             if self.status() is None:
                 self.svc("enable")
             st, ts = self.wait_up(deadline)
             ok, why = self.view_ok(st)
             if ok:
-                self.res["serving_ts"] = ts
+                # when the process itself says it began serving (its RPC port listening); the poll's
+                # own time only when it does not say
+                self.res["serving_ts"] = rring.serving_ts(st, start_time=False) or ts
                 self.res["status"] = self.short(st)
                 return
             if attempt == p["restarts"] or rc.status_image(st) != img:
                 break
             self.res["restarts"] += 1
-            self.svc("disable")
-            self.wait_down(deadline)
+            if self.by_signal:
+                self.restart_by_signal(st, deadline)
+            else:
+                self.svc("disable")
+                self.wait_down(deadline)
         self.m.fail_json(msg=f"electric-moray ({p['status_url']}) came back but {why}", **self.res)
+
+    @property
+    def by_signal(self):
+        return self.p["restart"] == "signal"
+
+    def crash_hook(self):
+        if self.p["test_crash"]:
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def move_ring(self, in_place):
+        """The ring in place to ``<ring>.reshard/<its image>`` (kept for a roll back), the staged one in."""
+        rp, img = self.p["ring_path"], self.p["image_uuid"]
+        root = rring.staging_root(rp)
+        if os.path.isdir(rp):
+            keep = os.path.join(root, in_place or f"unstamped-{int(time.time())}")
+            if os.path.exists(keep):
+                shutil.rmtree(keep)
+            os.rename(rp, keep)
+        os.rename(rring.staged_dir(rp, img), rp)
+
+    def restart_by_signal(self, st, deadline):
+        """restart=signal: the process restarts itself on O(restart_signal) (it stops listening, answers what
+        is in flight, closes its ring and starts again, reading its config and ring at start). Returns its
+        new status; ``stopped_ts`` is when it stopped answering. A process that exits instead is started
+        with O(svcadm) by the caller (its status stays down)."""
+        import signal as sigmod
+        pid = st.get("pid")
+        path = (st.get("ring") or {}).get("path")
+        if not isinstance(pid, int) or pid <= 1 or not path \
+                or os.path.realpath(path) != os.path.realpath(self.p["ring_path"]):
+            self.m.fail_json(msg=f"{self.p['status_url']} reports pid {pid!r} and ring {path!r}; cannot restart "
+                                 f"the process of {self.p['ring_path']} by signal", **self.res)
+        before = (st.get("serving_since"), st.get("start_time"))
+        sig = getattr(sigmod, "SIG" + self.p["restart_signal"].upper().removeprefix("SIG"))
+        os.kill(pid, sig)
+        stopped = None
+        while time.monotonic() < deadline:
+            cur = self.status()
+            if cur is None:
+                stopped = stopped or time.time()
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break                       # it exited: the caller starts it with svcadm
+            elif cur.get("pid") != pid or (cur.get("serving_since"), cur.get("start_time")) != before:
+                self.res["stopped_ts"] = stopped or time.time()
+                return cur
+            time.sleep(self.p["poll"])
+        self.res["stopped_ts"] = stopped or time.time()
+        return None
 
     def absent(self):
         root = rring.staging_root(self.p["ring_path"])
@@ -388,6 +524,10 @@ def main():
             status_url=dict(type="str", required=True),
             index_shards=dict(type="dict", default={}),
             wait_for=dict(type="list", elements="str", default=[]),
+            rolling_order=dict(type="list", elements="str", default=[]),
+            batch=dict(type="int", default=0),
+            restart=dict(type="str", default="svcadm", choices=["svcadm", "signal"]),
+            restart_signal=dict(type="str", default="HUP"),
             timeout=dict(type="float", default=120),
             restarts=dict(type="int", default=5),
             poll=dict(type="float", default=0.05),
@@ -401,6 +541,14 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if p["restart"] == "signal":
+        import signal as sigmod
+        name = "SIG" + str(p["restart_signal"]).upper().removeprefix("SIG")
+        if not isinstance(getattr(sigmod, name, None), sigmod.Signals) or name in ("SIGKILL", "SIGSTOP"):
+            module.fail_json(msg=f"restart_signal {p['restart_signal']!r} is not a signal a process can handle; "
+                                 "e.g. HUP, USR1, USR2")
+    if p["batch"] < 0:
+        module.fail_json(msg=f"batch must be 0 (max(1, N/3)) or a positive number of processes, got {p['batch']}")
     sw = Swapper(module)
     before = rring.stamp_image(p["ring_path"]) if os.path.isdir(p["ring_path"]) else None
     sw.res["image_before"] = before

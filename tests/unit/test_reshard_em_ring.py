@@ -29,6 +29,8 @@ class FakeEm:
         self.state.write_text("enabled")
         self.serving = None
         self.start_time = None
+        self.serving_since = None
+        self.pid = 1
         self.stop = False
         em = self
 
@@ -41,8 +43,10 @@ class FakeEm:
                     self.send_response(503)
                     self.end_headers()
                     return
-                body = json.dumps({"start_time": em.start_time, "pid": 1,
-                                   "ring": {"image_uuid": em.serving, "stamp": {"image_uuid": em.serving}},
+                body = json.dumps({"start_time": em.start_time, "serving_since": em.serving_since,
+                                   "pid": em.pid,
+                                   "ring": {"image_uuid": em.serving, "stamp": {"image_uuid": em.serving},
+                                            "path": str(em.ring)},
                                    "index_shards": [{"host": "3.moray.x", "readOnly": False}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -70,10 +74,21 @@ class FakeEm:
                     time.sleep(0.05)
                     self.serving = rring.stamp_image(str(self.ring)) if self.ring.exists() else "broken"
                     self.start_time = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+                    now = time.time()
+                    self.serving_since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + \
+                        f".{int(now * 1000) % 1000:03d}Z"
                 else:
                     self.serving = None
                 last = s
             time.sleep(0.01)
+
+    def started(self):
+        """As if the process (re)started now, reading the ring in place (the fixtures build the ring after
+        the watcher started, which on a loaded machine may have looked before it existed)."""
+        self.serving = rring.stamp_image(str(self.ring)) if self.ring.exists() else "broken"
+        self.start_time = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        now = time.time()
+        self.serving_since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
     def close(self):
         self.stop = True
@@ -92,6 +107,7 @@ def em(tmp_path):
     f.remap([0, 2], "tcp://3.moray.x:2020")
     rring.build_ring_dir(f, rring.staged_dir(str(e.ring), "img-f"), "img-f", "p", "final")
     time.sleep(0.1)
+    e.started()
     yield e
     e.close()
 
@@ -155,3 +171,123 @@ def test_stale_index_view_is_restarted_then_fails(em):
     r = run_module("reshard_em_ring", args(em, index_shards={"9.moray.x": False}, restarts=1))
     assert r["failed"] and "9.moray.x is not in its index shards" in r["msg"]
     assert r["restarts"] == 1
+
+
+def test_serving_ts_is_the_process_own(em):
+    r = run_module("reshard_em_ring", args(em, only_from=["img-old"]))
+    assert not r.get("failed"), r
+    from ansible_collections.manta.ops.plugins.module_utils.reshard_journal import parse_iso
+    assert r["serving_ts"] == parse_iso(em.serving_since) and r["status"]["serving_since"] == em.serving_since
+
+
+# ---- rolling in batches -------------------------------------------------------------------------------
+
+@pytest.fixture
+def em2(tmp_path):
+    topo = Topology.create(["tcp://1.moray.x:2020", "tcp://2.moray.x:2020"], 64)
+    d = tmp_path / "em2"
+    d.mkdir()
+    e = FakeEm(d)
+    rring.build_ring_dir(topo, str(e.ring), "img-old", "p", "old")
+    t = topo.copy()
+    t.set_data([0, 2], "ro")
+    rring.build_ring_dir(t, rring.staged_dir(str(e.ring), "img-t"), "img-t", "p", "transitional")
+    time.sleep(0.1)
+    e.started()
+    yield e
+    e.close()
+
+
+def test_rolling_order_waits_for_the_earlier_batch(em, em2):
+    order = [em.url, em2.url]
+    # em2 is in the second batch (N=2: batches of 1): it waits for em to serve img-t, and gives up untouched
+    r = run_module("reshard_em_ring", args(em2, rolling_order=order, wait_timeout=1))
+    assert r["failed"] and f"{em.url} to serve img-t before swapping" in r["msg"], r
+    assert em2.serving == "img-old" and r["batch_index"] == 1
+    r = run_module("reshard_em_ring", args(em, rolling_order=order))
+    assert not r.get("failed") and r["batch_index"] == 0 and em.serving == "img-t", r
+    r = run_module("reshard_em_ring", args(em2, rolling_order=order))
+    assert not r.get("failed") and em2.serving == "img-t", r
+    assert r["stopped_ts"] >= run_module("reshard_em_ring", args(em, rolling_order=order))["serving_ts"]
+
+
+def test_rolling_never_stops_the_last_one_serving(em, em2):
+    em2.state.write_text("disabled")          # the other electric-moray is down
+    time.sleep(0.1)
+    r = run_module("reshard_em_ring", args(em, rolling_order=[em.url, em2.url], wait_timeout=1))
+    assert r["failed"] and "no other electric-moray answers" in r["msg"], r
+    assert em.serving == "img-old"
+
+
+def test_rolling_order_must_name_this_process(em):
+    r = run_module("reshard_em_ring", args(em, rolling_order=["http://127.0.0.1:9/status"]))
+    assert r["failed"] and "is not in rolling_order" in r["msg"] and em.serving == "img-old"
+
+
+@pytest.mark.parametrize("kw,needle", [({"batch": -1}, "batch must be 0"),
+                                       ({"restart": "signal", "restart_signal": "KILL"}, "not a signal"),
+                                       ({"restart": "signal", "restart_signal": "NOPE"}, "not a signal")])
+def test_bad_input_fails_before_any_change(em, kw, needle):
+    r = run_module("reshard_em_ring", args(em, **kw))
+    assert r["failed"] and needle in r["msg"], r
+    assert em.serving == "img-old" and rring.stamp_image(str(em.ring)) == "img-old"
+
+
+# ---- restart=signal --------------------------------------------------------------------------------------
+
+RESTARTER = """
+import signal, sys, time
+state = sys.argv[1]
+def hup(*_):
+    open(state, "w").write("disabled")
+    time.sleep(0.15)
+    open(state, "w").write("enabled")
+signal.signal(signal.SIGHUP, hup)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.fixture
+def restarter(em, tmp_path):
+    """The fake's process: restarts (down, then up reading the ring in place) on SIGHUP, keeping its pid."""
+    import subprocess
+    script = tmp_path / "restarter.py"
+    script.write_text(RESTARTER)
+    proc = subprocess.Popen([sys.executable, str(script), str(em.state)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    em.pid = proc.pid
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_restart_by_signal_swaps_without_svcadm(em, restarter, tmp_path):
+    # svcadm would fail loudly: the signal path must not need it for a running process
+    bad = tmp_path / "svcadm-broken"
+    bad.write_text("#!/bin/sh\necho svcadm must not run >&2\nexit 3\n")
+    os.chmod(bad, 0o755)
+    before = em.serving_since
+    r = run_module("reshard_em_ring", args(em, only_from=["img-old"], restart="signal", svcadm=str(bad)))
+    assert not r.get("failed"), r
+    assert em.serving == "img-t" and rring.stamp_image(str(em.ring)) == "img-t"
+    assert r["status"]["pid"] == restarter.pid and em.serving_since != before
+    assert r["serving_ts"] >= r["stopped_ts"]
+    assert "img-old" in r["staged"]
+
+
+def test_restart_by_signal_resumes_after_a_kill_between_move_and_signal(em, restarter):
+    # the ring was moved under the running process, then the task died before signalling it
+    r = run_module("reshard_em_ring", args(em, only_from=["img-old"], restart="signal", test_crash=True))
+    assert r.get("failed")
+    assert rring.stamp_image(str(em.ring)) == "img-t" and em.serving == "img-old"
+    r = run_module("reshard_em_ring", args(em, only_from=["img-old"], restart="signal"))
+    assert not r.get("failed") and r["changed"], r
+    assert em.serving == "img-t"
+
+
+def test_restart_by_signal_refuses_a_process_of_another_ring(em, restarter):
+    em.pid = 1
+    r = run_module("reshard_em_ring", args(em, only_from=["img-old"], restart="signal"))
+    assert r["failed"] and "cannot restart" in r["msg"], r

@@ -102,3 +102,61 @@ def test_extract_needs_hash_ring_dir(tmp_path):
         tf.add(str(f), arcname="other/x")
     with pytest.raises(rring.RingSwapError, match="hash_ring"):
         rring.extract_ring(str(t), str(tmp_path / "out"))
+
+
+# ---- rolling swaps in batches (manta-reshard: max(1, N/3) at a time) --------------------------------------
+
+@pytest.mark.parametrize("n,size", [(1, 1), (2, 1), (3, 1), (5, 1), (6, 2), (8, 2), (9, 3), (12, 4)])
+def test_batch_size_is_a_third(n, size):
+    assert rring.batch_size(n) == size
+
+
+def test_batch_size_given_never_all():
+    assert rring.batch_size(4, 2) == 2
+    assert rring.batch_size(4, 9) == 3          # one always serves
+    assert rring.batch_size(1, 5) == 1 and rring.batch_size(0) == 0
+
+
+def test_batches_cover_every_process_once_in_order():
+    for n in range(1, 14):
+        order = [f"em{i}" for i in range(n)]
+        b = rring.swap_batches(order)
+        assert [x for batch in b for x in batch] == order
+        assert all(0 < len(x) <= rring.batch_size(n) for x in b)
+        if n >= 2:
+            assert len(b) >= 2          # rolling: never every process at once
+
+
+def test_rolling_wait_for_is_every_earlier_batch():
+    order = [f"em{i}" for i in range(7)]          # batches of 2: [0,1] [2,3] [4,5] [6]
+    assert rring.rolling_wait_for(order, "em0") == [] == rring.rolling_wait_for(order, "em1")
+    assert rring.rolling_wait_for(order, "em3") == ["em0", "em1"]
+    assert rring.rolling_wait_for(order, "em6") == order[:6]
+    assert rring.rolling_wait_for(order, "em6", batch=1) == order[:6]
+    assert rring.rolling_wait_for(["a", "b"], "b") == ["a"]
+    with pytest.raises(ValueError):
+        rring.rolling_wait_for(order, "em9")
+
+
+def test_at_most_one_batch_down_at_a_time():
+    """Simulate the workers: each swaps (down for one tick) once the processes it waits for serve the new
+    ring; at every tick at least N - batch_size processes serve."""
+    for n in range(2, 13):
+        order = list(range(n))
+        serving_new, down, t = set(), set(), 0
+        while len(serving_new) < n:
+            start = [e for e in order if e not in serving_new and e not in down
+                     and set(rring.rolling_wait_for(order, e)) <= serving_new]
+            down |= set(start)
+            assert n - len(down) >= n - rring.batch_size(n) and n - len(down) >= 1
+            serving_new |= down
+            down = set()
+            t += 1
+        assert t == len(rring.swap_batches(order))
+
+
+def test_serving_ts_prefers_the_process_own_report():
+    st = {"serving_since": "2026-11-22T03:18:26.032Z", "start_time": "2026-11-22T03:18:26.002Z"}
+    assert rring.serving_ts(st) > rring.serving_ts({"start_time": st["start_time"]})
+    assert rring.serving_ts({"start_time": st["start_time"]}, start_time=False) is None
+    assert rring.serving_ts(None) is None
