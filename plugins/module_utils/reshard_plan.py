@@ -21,6 +21,7 @@ import uuid as uuidlib
 from ansible_collections.manta.ops.plugins.module_utils import reshard_common as rc
 from ansible_collections.manta.ops.plugins.module_utils import reshard_journal as rj
 from ansible_collections.manta.ops.plugins.module_utils import reshard_rows as rr
+from ansible_collections.manta.ops.plugins.module_utils.reshard_ring import batch_size
 
 DEFAULT_RATES = {
     # used only when no completed plan in the journal gives measured figures
@@ -303,7 +304,10 @@ def estimates(census_summary, db_bytes, ems, rates, delete_cfg, measured=None):
         # the last plan's whole copy phase (3 peers), scaled up by the size when bigger
         copy_s = m["copy_phase_s"] * max(1.0, (db_bytes or 0) / float(m["copy_db_bytes"]))
         copy_rate = m["copy_db_bytes"] / float(m["copy_phase_s"])
-    model_window = ((2 * max(1, ems) - 1) * r["em_restart_s"] + 3 * r["detach_s"] + r["reprovision_s"]
+    # inside the window: the transitional swaps of every batch after the first, then every final swap
+    # (batches of max(1, N/3) routers, reshard_ring.batch_size)
+    batches = -(-max(1, ems) // batch_size(max(1, ems)))
+    model_window = ((2 * batches - 1) * r["em_restart_s"] + 3 * r["detach_s"] + r["reprovision_s"]
                     + r["establish_s"])
     window_s = m.get("window_s") or model_window
     batch = int(delete_cfg.get("batch_size", 1000))

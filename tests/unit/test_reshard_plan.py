@@ -104,6 +104,10 @@ def test_estimates_use_measured_figures_when_known():
     split = {"moving": {"rows": 1000, "bytes": 10}, "staying": {"rows": 3000, "bytes": 10}}
     e = rp.estimates(split, 100 * 1024 * 1024, 2, {}, {"batch_size": 100, "pause": 0.0, "connections": 1})
     assert e["source"] == "model defaults" and e["window_seconds"] > 0
+    # 2 routers swap one at a time: 3 swaps inside the window; 6 swap two at a time (3 batches): 5, not 11
+    six = rp.estimates(split, 0, 6, {}, {})
+    assert six["window_model_seconds"] == round(e["window_model_seconds"] + 2 * rp.DEFAULT_RATES["em_restart_s"], 1)
+    assert rp.estimates(split, 0, 1, {}, {})["window_model_seconds"] < e["window_model_seconds"]
     m = rp.estimates(split, 0, 2, {}, {}, {"window_s": 4.2, "delete_rows_per_s": 1000, "plan": "p0"})
     assert m["window_seconds"] == 4.2 and m["delete_seconds"] == 3.0 and "p0" in m["source"]
 
