@@ -33,6 +33,7 @@ TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
 from labhandle import LabHandle, _free_base_port  # noqa: E402
+from proctree import kill_tree  # noqa: E402
 
 ANSIBLE = str(REPO / ".venv" / "bin" / "ansible-playbook")
 RESHARD = str(REPO / "playbooks" / "reshard.yml")
@@ -165,40 +166,10 @@ def start_play(rlab, *args, log=None):
                             start_new_session=True)
 
 
-def _descendants(root):
-    """Every process started (transitively) by ``root``, from /proc (ansible's workers call setsid, so
-    they are not all in its process group)."""
-    kids = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-                kids.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d))
-            except (OSError, ValueError):
-                pass
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
 def kill_group(proc):
     """SIGKILL the ansible-playbook this test started and every process it started (a controller crash).
     Background workers it launched with async (they detach, as they would on the zones) survive."""
-    if proc.poll() is None:
-        tree = _descendants(proc.pid)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait(timeout=30)
+    kill_tree(proc)
 
 
 def zk(st):
