@@ -47,7 +47,9 @@ options:
     elements: str
     default: []
   imgapi_url:
-    description: IMGAPI holding the image (C(HASH_RING_IMGAPI_SERVICE)).
+    description:
+      - IMGAPI holding the image (C(HASH_RING_IMGAPI_SERVICE)).
+      - If not set, the environment variable E(MANTA_IMGAPI_URL) is used.
     type: str
   svcadm:
     description: The zone's service-control command (C(svcadm) in a zone; the lab inventory's C(manta_svcadm)).
@@ -220,7 +222,7 @@ import shlex
 import shutil
 import time
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, env_fallback
 
 from ansible_collections.manta.ops.plugins.module_utils import reshard_common as rc
 from ansible_collections.manta.ops.plugins.module_utils import reshard_ring as rring
@@ -518,7 +520,7 @@ def main():
             ring_path=dict(type="path", required=True),
             image_uuid=dict(type="str"),
             images=dict(type="list", elements="str", default=[]),
-            imgapi_url=dict(type="str"),
+            imgapi_url=dict(type="str", fallback=(env_fallback, ["MANTA_IMGAPI_URL"])),
             svcadm=dict(type="str", default="svcadm"),
             service=dict(type="str", default="electric-moray"),
             status_url=dict(type="str", required=True),

@@ -32,9 +32,8 @@ ENV_FALLBACKS = {
     "imgapi_url": "MANTA_IMGAPI_URL",
     "vmapi_url": "MANTA_VMAPI_URL",
 }
-# Known gaps, owned elsewhere (reported; remove an entry when it is fixed - the test
-# below then covers it).
-NO_FALLBACK_YET = {("reshard_em_ring", "imgapi_url")}
+# Known gaps (remove an entry when it is fixed - the test below then covers it).
+NO_FALLBACK_YET = set()
 # The HTTP API modules change remote objects and must show a full diff.
 FULL_DIFF = {"sapi_metadata", "sapi_index_shards", "sapi_instance", "imgapi_image", "vmapi_vm"}
 # Modules whose EXAMPLES may also show helper tasks (ansible.builtin.*); every task of
