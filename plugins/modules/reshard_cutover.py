@@ -146,7 +146,7 @@ ran:
   description: The steps run by this call, with their results.
   returned: always
   type: dict
-skipped:
+already_done:
   description: Steps the journal already had as done.
   returned: always
   type: list

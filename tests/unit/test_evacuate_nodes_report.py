@@ -1,12 +1,8 @@
 """Storage nodes (heartbeats, capacity, names), progress rendering, Prometheus text,
-the estimate model, and the modules' documentation."""
-import ast
-import importlib
+and the estimate model."""
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_estimate as EE
 from ansible_collections.manta.ops.plugins.module_utils import evacuate_report as R
@@ -143,59 +139,4 @@ def test_measured_from_rounds():
     assert m["metadata_rows_per_second"] == pytest.approx(5000)
     assert m["round_overhead_seconds"] == 6
 
-
-MODULES = ["storage_node_readonly", "evacuate_job", "evacuate_scan", "evacuate_plan",
-           "evacuate_copy", "evacuate_metadata"]
-ROOT = Path(__file__).resolve().parents[2] / "plugins" / "modules"
-
-
-def _doc_blocks(name):
-    tree = ast.parse((ROOT / f"{name}.py").read_text())
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
-                and node.targets[0].id in ("DOCUMENTATION", "EXAMPLES", "RETURN"):
-            out[node.targets[0].id] = yaml.safe_load(ast.literal_eval(node.value))
-    return out
-
-
-def _spec(name, monkeypatch):
-    mod = importlib.import_module(f"ansible_collections.manta.ops.plugins.modules.{name}")
-    captured = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake(*a, **kw):
-        captured.update(kw)
-        raise Stop()
-    monkeypatch.setattr(mod, "AnsibleModule", fake)
-    with pytest.raises(Stop):
-        mod.main()
-    return captured
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_module_documentation_matches_argument_spec(name, monkeypatch):
-    docs = _doc_blocks(name)
-    assert set(docs) == {"DOCUMENTATION", "EXAMPLES", "RETURN"}
-    d = docs["DOCUMENTATION"]
-    assert d["module"] == name and d["attributes"]["check_mode"]["support"] == "full"
-    kw = _spec(name, monkeypatch)
-    assert kw["supports_check_mode"] is True
-    spec = kw["argument_spec"]
-    assert set(spec) == set(d["options"]), set(spec) ^ set(d["options"])
-    for opt, s in spec.items():
-        o = d["options"][opt]
-        assert o["type"] == s.get("type", "str"), opt
-        assert o.get("default") == s.get("default"), opt
-        assert bool(o.get("required", False)) == bool(s.get("required", False)), opt
-        if s.get("choices"):
-            assert o["choices"] == s["choices"], opt
-        if any(w in opt for w in ("password", "dsn")):
-            assert s.get("no_log") is True, opt
-    for task in docs["EXAMPLES"]:
-        assert any(k.startswith("manta.ops.") for k in task), task
-    for key in docs["RETURN"]:
-        assert key.isidentifier() and key not in ("skipped", "results", "failed", "changed",
-                                                  "msg", "rc"), key
+# The modules' documentation against their argument specs (fragments merged): tests/unit/test_module_docs.py.

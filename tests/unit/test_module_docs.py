@@ -171,3 +171,7 @@ def test_examples_and_return_parse(name, docs):
     if name not in EXAMPLE_HELPERS:
         assert set(used) == {f"manta.ops.{name}"}, used
     assert entry["return"], "RETURN documented"
+    for key in entry["return"]:
+        # Ansible's own result keys would be shadowed
+        assert key.isidentifier() and key not in ("skipped", "results", "failed", "changed", "msg", "rc"), \
+            f"{name}: RETURN key {key!r}"
