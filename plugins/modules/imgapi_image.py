@@ -110,7 +110,7 @@ EXAMPLES = r"""
       description: Manta Hash Ring
       tags:
         manta_reshard_plan: "{{ plan_uuid }}"
-    file: /var/tmp/reshard/hash_ring.tar.gz
+    file: "{{ reshard_workdir }}/hash_ring.tar.gz"
   register: ring
 
 - name: Find this plan's ring image
@@ -125,7 +125,7 @@ EXAMPLES = r"""
   manta.ops.imgapi_image:
     state: downloaded
     uuid: "{{ hash_ring_image }}"
-    dest: /var/tmp/reshard/old_ring.tar.gz
+    dest: "{{ reshard_workdir }}/old_ring.tar.gz"
 """
 
 RETURN = r"""

@@ -219,9 +219,9 @@ EXAMPLES = r"""
     dsn: "host={{ old_primary_ip }} port=5432 dbname=moray user=moray"
     owner_shard: 37.moray.us-east.joyent.us
     owner_dsn: "host={{ new_primary_ip }} port=5432 dbname=moray user=moray"
-    ring: /var/tmp/reshard/new_ring/hash_ring
+    ring: "{{ reshard_workdir }}/new_ring/hash_ring"
     vnodes: "{{ moved_vnodes }}"
-    throttle_file: /var/tmp/reshard/delete-throttle.json
+    throttle_file: "{{ reshard_workdir }}/delete-throttle.json"
   async: 86400
   poll: 30
   register: cleanup
@@ -231,14 +231,14 @@ EXAMPLES = r"""
     shard: 2.moray.us-east.joyent.us
     owner_shard: 37.moray.us-east.joyent.us
     zk_servers: "{{ zk_connect }}"
-    ring: /var/tmp/reshard/new_ring/hash_ring
+    ring: "{{ reshard_workdir }}/new_ring/hash_ring"
     vnodes: "0-99,4000"
   check_mode: true
   diff: true
 
 - name: Faster overnight, slower again in the morning (while the task runs)
   ansible.builtin.copy:
-    dest: /var/tmp/reshard/delete-throttle.json
+    dest: "{{ reshard_workdir }}/delete-throttle.json"
     content: '{"max_rows_per_second": 20000, "connections": 4, "batch_size": 2000}'
     mode: "0644"
 """
