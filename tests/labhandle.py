@@ -55,3 +55,28 @@ def _free_base_port():
         if all(config.port_free(p) for p in probe):
             return base
     raise RuntimeError("no free base port block below 30000")
+
+
+def seeded_lab(name, objects, env_prefix):
+    """A module's own lab, up and seeded, brought down and removed afterwards (a generator for a fixture:
+    ``yield from seeded_lab(...)``). ``<env_prefix>_HOME`` reuses a running lab instead;
+    ``<env_prefix>_BASE_PORT`` picks its ports; LAB_TEST_KEEP keeps its files."""
+    import os
+    import shutil
+    import tempfile
+    reuse = os.environ.get(f"{env_prefix}_HOME")
+    if reuse:
+        yield LabHandle(reuse)
+        return
+    # Not pytest's tmp dir: it is 0700 root, and postgres runs as its own user.
+    home = tempfile.mkdtemp(prefix=f"manta-lab-{name}-", dir="/var/tmp")
+    os.chmod(home, 0o755)
+    h = LabHandle(home)
+    try:
+        h.run("up", "--base-port", os.environ.get(f"{env_prefix}_BASE_PORT") or str(_free_base_port()))
+        h.run("seed", "--objects", str(objects))
+        yield h
+    finally:
+        h.run("down", check=False)
+        if not os.environ.get("LAB_TEST_KEEP"):
+            shutil.rmtree(home, ignore_errors=True)

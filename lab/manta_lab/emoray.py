@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 from . import config, procs, rpc, zones
 from .config import HOST, LabError
 from .rpc import error
+from .ringfiles import read_stamp, ring_digest
 
 # `moray` and `ring` (which pulls in requests) are imported where they are used: `lab svcadm` and
 # every electric-moray start import this module, and a ring swap restarts the process inside the
@@ -64,7 +65,6 @@ READ_ONLY = "ro"
 # Written inside the ring dir by setup/install_ring (LevelDB ignores foreign
 # files); a swap done by hand replaces the directory and so drops it.
 MARKER = ".lab_installed_image"
-STAMP = "manta_hash_ring_stamp.json"      # = ring.STAMP
 
 
 # =============================================================================
@@ -156,30 +156,6 @@ def installed_image(zone_or_dir):
         return Path(d, MARKER).read_text().strip() or None
     except OSError:
         return None
-
-
-def read_stamp(ring_dir):
-    """hash_ring/manta_hash_ring_stamp.json of a ring directory, or None (as ring.read_stamp)."""
-    try:
-        return json.loads(Path(ring_dir, STAMP).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def ring_digest(ring_dir):
-    """sha256 over every (key, value) of a closed LevelDB ring, in key order (as ring.ring_digest,
-    without importing the ring-publishing module)."""
-    import hashlib
-
-    import plyvel
-    h = hashlib.sha256()
-    db = plyvel.DB(str(ring_dir), create_if_missing=False)
-    try:
-        for k, v in db.iterator():
-            h.update(len(k).to_bytes(4, "big") + k + len(v).to_bytes(4, "big") + v)
-    finally:
-        db.close()
-    return h.hexdigest()
 
 
 def _sapi_get(cfg, path, what):

@@ -33,7 +33,7 @@ import requests
 from .config import LabError
 
 IMAGE_NAME = "manta-hash-ring"
-STAMP = "manta_hash_ring_stamp.json"
+from .ringfiles import STAMP
 TIMEOUT = 60
 
 
@@ -212,27 +212,6 @@ def fetch_ring(cfg, image_uuid, dest_dir, imgapi_url=None):
         download_image_file(cfg, image_uuid, tgz, imgapi_url)
         extract_ring(tgz, dest)
     return dest
-
-
-def read_stamp(ring_dir):
-    try:
-        return json.loads(Path(ring_dir, STAMP).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def ring_digest(ring_dir):
-    """sha256 over every (key, value) of a closed LevelDB ring, in key order:
-    the same ring content gives the same digest whatever its files look like."""
-    import plyvel
-    h = hashlib.sha256()
-    db = plyvel.DB(str(ring_dir), create_if_missing=False)
-    try:
-        for k, v in db.iterator():
-            h.update(len(k).to_bytes(4, "big") + k + len(v).to_bytes(4, "big") + v)
-    finally:
-        db.close()
-    return h.hexdigest()
 
 
 # ---- ensure ----------------------------------------------------------------------

@@ -32,7 +32,7 @@ import pytest
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
-from labhandle import LabHandle, _free_base_port  # noqa: E402
+from labhandle import LabHandle, _free_base_port, seeded_lab  # noqa: E402
 from proctree import kill_tree  # noqa: E402
 
 ANSIBLE = str(REPO / ".venv" / "bin" / "ansible-playbook")
@@ -121,21 +121,7 @@ def test_six_electric_morays_swap_in_batches_of_two(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rlab():
-    reuse = os.environ.get("RESHARD_TEST_HOME")
-    if reuse:
-        yield LabHandle(reuse)
-        return
-    home = tempfile.mkdtemp(prefix="manta-lab-reshard-", dir="/var/tmp")
-    os.chmod(home, 0o755)
-    h = LabHandle(home)
-    try:
-        h.run("up", "--base-port", os.environ.get("RESHARD_TEST_BASE_PORT") or str(_free_base_port()))
-        h.run("seed", "--objects", "20000")
-        yield h
-    finally:
-        h.run("down", check=False)
-        if not os.environ.get("LAB_TEST_KEEP"):
-            shutil.rmtree(home, ignore_errors=True)
+    yield from seeded_lab("reshard", 20000, "RESHARD_TEST")
 
 
 @pytest.fixture(scope="module")

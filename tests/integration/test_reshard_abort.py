@@ -21,10 +21,8 @@ Set RESHARD_ABORT_TEST_HOME to reuse a running lab (left up); RESHARD_ABORT_TEST
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import requests
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
-from labhandle import LabHandle, _free_base_port  # noqa: E402
+from labhandle import seeded_lab  # noqa: E402
 from test_reshard import (diff_snap, kill_group, plan_for, plans, snapshot, start_load,  # noqa: E402
                           stop_load, verify_load, zk)
 
@@ -47,21 +45,7 @@ FAST = ["-e", "reshard_catchup_poll=2", "-e", "reshard_timeout=120"]
 
 @pytest.fixture(scope="module")
 def alab():
-    reuse = os.environ.get("RESHARD_ABORT_TEST_HOME")
-    if reuse:
-        yield LabHandle(reuse)
-        return
-    home = tempfile.mkdtemp(prefix="manta-lab-abort-", dir="/var/tmp")
-    os.chmod(home, 0o755)
-    h = LabHandle(home)
-    try:
-        h.run("up", "--base-port", os.environ.get("RESHARD_ABORT_TEST_BASE_PORT") or str(_free_base_port()))
-        h.run("seed", "--objects", "5000")
-        yield h
-    finally:
-        h.run("down", check=False)
-        if not os.environ.get("LAB_TEST_KEEP"):
-            shutil.rmtree(home, ignore_errors=True)
+    yield from seeded_lab("abort", 5000, "RESHARD_ABORT_TEST")
 
 
 @pytest.fixture(scope="module")
