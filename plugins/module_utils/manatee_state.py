@@ -433,6 +433,7 @@ def update_state(zk, shard, mutate, check_mode=False, retries=5, history_prefix=
     ``retries`` lost races.
     """
     paths = shard_paths(shard)
+    history_ready = False
     attempts = 0
     while True:
         attempts += 1
@@ -445,9 +446,16 @@ def update_state(zk, shard, mutate, check_mode=False, retries=5, history_prefix=
         if check_mode:
             return {"changed": True, "before": before, "after": after,
                     "version": stat.version, "attempts": attempts}
+        if not history_ready:
+            # Made sure of before a fresh read, not between the read and the write: an
+            # extra round trip there widens the window in which a sitter's write makes
+            # us lose the compare-and-swap.
+            zk.ensure_path(paths["history"])
+            history_ready = True
+            attempts -= 1
+            continue
         if on_attempt:
             on_attempt(attempts)  # test hook: runs between the read and the write
-        zk.ensure_path(paths["history"])
         data = dumps(after).encode()
         tx = zk.transaction()
         tx.set_data(paths["state"], data, version=stat.version)

@@ -389,6 +389,9 @@ def test_module_retries_against_a_writer_hammering_the_state(zk_connect, zk, scr
                     writes.append(stat.version + 1)
                 except Exception:  # noqa: BLE001 - lost to the module: fine
                     pass
+                # ~500 writes/s: hundreds of times a sitter's rate, yet not a loop that
+                # a loaded CI machine can schedule so that every one of our reads is stale.
+                time.sleep(0.002)
         finally:
             c.stop()
             c.close()
