@@ -6,15 +6,17 @@ on the same shard, in the same run.
 
 The shard's `manta` table gets ``--rows`` realistic object rows (moray's columns, the
 _value of reference/evacuate.md §1.3, two sharks each among ``--nodes`` storage ids,
-so one node holds about 2/nodes of them, as in a region with many nodes). The
+so one node holds about 2/nodes of them; the default region is the seed's KR region of
+1014 storage nodes, of which it plans to evacuate 90, one rack, at a time). The
 candidate is the module's whole scan: windows of ``_id``, the server-side
 pre-filter, the exact JSON check, and the matches stored in a job store on the
 storage shard's primary (as the module does: ``--parallel`` window queries and
-as many job-store writers, progress included). Cases: 1, 8, 30 and 90 nodes
-evacuated at once (``--cases`` runs the first N). Rates are table
-rows per second; best of ``--repeat`` runs, baseline and candidate interleaved.
+as many job-store writers, progress included). Cases: ``--evacuate`` lists how many
+nodes are evacuated at once (default 1, 90 and 250: one node, the seed's rack, the
+seed's 25% of the region). Rates are table rows per second; best of ``--repeat``
+runs, baseline and candidate interleaved.
 
-    .venv/bin/python bench/evacuate_scan_bench.py [--rows 300000] [--nodes 100]
+    .venv/bin/python bench/evacuate_scan_bench.py [--rows 300000] [--nodes 1014] [--evacuate 1,90,250]
 """
 import argparse
 import base64
@@ -51,11 +53,13 @@ def cleanup(dsn):
     c.close()
 
 
-def bench_rows(dsn):
+def bench_rows(dsn, nodes):
+    """Bench rows already in the shard for a region of ``nodes`` (0: none, or another region)."""
     owner = str(uuid.uuid5(uuid.NAMESPACE_URL, "bench-owner"))
     c = psycopg2.connect(dsn)
     with c.cursor() as cur:
-        cur.execute("SELECT count(*) FROM manta WHERE _key LIKE %s", (f"/{owner}/stor/scanbench/%",))
+        cur.execute("SELECT count(*) FROM manta WHERE _key LIKE %s",
+                    (f"/{owner}/stor/scanbench/n{nodes}-%",))
         n = cur.fetchone()[0]
     c.close()
     return n
@@ -70,7 +74,7 @@ def fill(dsn, rows, nodes, domain):
     cur = c.cursor()
     batch = io.StringIO()
     for i in range(rows):
-        d = f"/{owner}/stor/scanbench/d{i // 100:05d}"
+        d = f"/{owner}/stor/scanbench/n{nodes}-d{i // 100:05d}"
         name = f"f{i:07d}.dat"
         oid = str(uuid.UUID(int=(i * 2654435761) % (1 << 122), version=4))
         a, b = i % nodes, (i * 37 + 1) % nodes
@@ -157,10 +161,11 @@ def candidate(dsn, job_dsn, nodes, chunk, parallel):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=300000)
-    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--nodes", type=int, default=1014, help="storage nodes in the region")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=S.DEFAULT_CHUNK)
-    ap.add_argument("--cases", type=int, default=4, help="how many of the cases to run")
+    ap.add_argument("--evacuate", default="1,90,250",
+                    help="comma-separated: how many nodes each case evacuates at once")
     ap.add_argument("--parallel", type=int, default=3)
     ap.add_argument("--keep", action="store_true",
                     help="leave the rows in the shard at the end, and reuse them when present")
@@ -172,7 +177,7 @@ def main():
     dsn = lab.primary_dsn(shard)
     job_dsn = lab.primary_dsn(f"1.moray.{dom}")
     t0 = time.monotonic()
-    if not (a.keep and bench_rows(dsn) == a.rows):
+    if not (a.keep and bench_rows(dsn, a.nodes) == a.rows):
         cleanup(dsn)
         fill(dsn, a.rows, a.nodes, dom)
     c = psycopg2.connect(dsn)
@@ -181,12 +186,14 @@ def main():
     total, size = cur.fetchone()
     c.close()
     print(f"{shard}: {total} rows ({size}) after adding {a.rows} in {time.monotonic() - t0:.1f}s")
-    cases = [("1 node", [node_id(7, dom)]),
-             ("8 nodes", [node_id(i, dom) for i in range(8)]),
-             ("30 nodes", [node_id(i, dom) for i in range(30)]),
-             ("90 nodes", [node_id(i, dom) for i in range(90)])]
+    cases = []
+    for k in (int(x) for x in a.evacuate.split(",")):
+        if not 1 <= k <= a.nodes:
+            ap.error(f"--evacuate: {k} is not between 1 and --nodes ({a.nodes})")
+        ids = [node_id(7, dom)] if k == 1 else [node_id(i, dom) for i in range(k)]
+        cases.append((f"{k}/{a.nodes}", ids))
     out = {"rows": total, "table_size": size, "nodes_in_region": a.nodes, "cases": []}
-    for name, nodes in cases[:a.cases]:
+    for name, nodes in cases:
         b, s = best_of(a.repeat, lambda: baseline(dsn),
                        lambda: candidate(dsn, job_dsn, nodes, a.chunk, a.parallel))
         ratio = b / s
@@ -197,7 +204,7 @@ def main():
                "baseline_s": round(b, 3), "scan_s": round(s, 3), "ratio": round(ratio, 2),
                "load": [round(x, 2) for x in os.getloadavg()]}
         out["cases"].append(row)
-        print(f"{name:<10} copies {row['matched']:>7}, rows {row['selectivity'] * 100:.1f}%  "
+        print(f"{name:<9} nodes: copies {row['matched']:>7}, rows {row['selectivity'] * 100:.1f}%  "
               f"COPY {row['baseline_rows_per_s']:>9} rows/s  scan {row['scan_rows_per_s']:>9} rows/s  "
               f"ratio {ratio:.2f} (target >= 0.5)  load {row['load'][0]}", flush=True)
     if not a.keep:
