@@ -131,6 +131,21 @@ def window_query(col, nodes, max_like=DEFAULT_MAX_LIKE):
     return q, extra
 
 
+def prepare_window(conn, qtext, extra):
+    """Prepare the window query on ``conn`` once; returns the statement that runs one
+    window (params: lo, hi). The node lists make the query text long, and planning it
+    (parsing the arrays, estimating each ``= ANY``) cost ~7 ms a window with 90 nodes,
+    more than executing it: one generic plan serves every window."""
+    with conn.cursor() as cur:
+        asis = psycopg2.extensions.AsIs
+        body = cur.mogrify(qtext, [asis("$1"), asis("$2")] + list(extra)).decode()
+        if conn.server_version >= 120000:
+            cur.execute("SET plan_cache_mode = force_generic_plan")
+        cur.execute("PREPARE evac_window (bigint, bigint) AS " + body)
+    conn.commit()
+    return "EXECUTE evac_window (%s, %s)"
+
+
 def loads(raw):
     """The value's JSON: orjson's parse when it takes it, else the standard library's
     (which also decides the values orjson refuses: NaN, Infinity, lone surrogates)."""
@@ -308,6 +323,7 @@ class ShardScan:
             fconn = None
             try:
                 fconn = self.connect()
+                run = prepare_window(fconn, qtext, extra)
                 while True:
                     with cond:
                         while (not state["stop"] and state["next"] < top
@@ -320,7 +336,7 @@ class ShardScan:
                         state["next"] = b
                     t = time.monotonic()
                     with fconn.cursor() as cur:
-                        cur.execute(qtext, [a, b] + extra)
+                        cur.execute(run, [a, b])
                         rows = cur.fetchall()
                     fconn.rollback()
                     with cond:
