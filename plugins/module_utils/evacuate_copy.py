@@ -1,8 +1,9 @@
 # Copyright (c) manta.ops contributors
 # SPDX-License-Identifier: MPL-2.0
 """The destination side of an evacuation: pull object copies over HTTP,
-verify them while streaming, and make them durable. Standard library only
-(it runs on the storage nodes).
+verify them while streaming, and make them durable. Standard library only (it
+runs on the storage nodes), plus the MD5 lanes of module_utils/md5_lanes, which it
+compiles on the host when a C compiler is there and does without otherwise.
 
 Per copy (the rebalancer agent's algorithm, reference/evacuate.md §3.7, with
 its gaps closed, §7.3 items 4, 7, 8, 9):
@@ -15,8 +16,10 @@ its gaps closed, §7.3 items 4, 7, 8, 9):
    node). Transport errors and 5xx are retried with back-off; a 404, a size
    or an MD5 mismatch moves on to the next source.
 3. The body streams into a temporary file in ``tmp_dir`` (same filesystem)
-   while its MD5 is computed; the byte count and MD5 must equal
-   ``contentLength`` and ``contentMD5``.
+   while its MD5 is computed (evacuate_hash: the chunks of all the transfers
+   together, in SIMD lanes, on a thread of their own); the byte count and MD5
+   must equal ``contentLength`` and ``contentMD5`` before the rename (on an MD5
+   mismatch the next sources are tried then).
 4. Make the data durable, ``rename`` it into place (creating the owner
    directory), and make the directory entry durable, in that order, before
    the copy counts. ``durability=file``: ``fsync`` the file, then the
@@ -30,10 +33,11 @@ its gaps closed, §7.3 items 4, 7, 8, 9):
 How it runs (a pipeline, so no fetch waits for a disk flush or a round trip
 of the check): ``concurrency`` fetch threads, each with a keep-alive
 connection per source (evacuate_http: the body is read with ``recv_into``
-into a preallocated 1 MiB buffer, hashed and written from it, no copy in
-Python), do steps 1-3 and hand the open temp file on; a pool of sync threads
+into the slots of a preallocated ring of buffers, hashed and written from them,
+no copy in Python), do steps 1-3 and hand the open temp file on without waiting
+for the MD5; a pool of sync threads
 ``fsync``s them (concurrent fsyncs share the filesystem's journal commits);
-one committer takes whatever is ready as a batch (group commit): renames the
+one committer takes whatever is ready as a batch (group commit): checks the MD5s, renames the
 batch's files into place, ``fsync``s each directory once for the batch, then
 checks the whole batch with pipelined HEADs on one keep-alive connection to
 the destination's server. Only then does a copy count as ``copied``. At most
@@ -63,15 +67,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
+from ansible_collections.manta.ops.plugins.module_utils import evacuate_hash
 from ansible_collections.manta.ops.plugins.module_utils.evacuate_http import (
     Connection, HTTPClientError)
 
-CHUNK = 1024 * 1024
-# Bodies are received and hashed a CHUNK at a time but written in smaller pieces: Linux
-# (6.x) allocates page-cache folios as large as each write (a 1 MiB write asks for 1 MiB
-# of contiguous memory), and where memory is fragmented (a busy host) that means direct
-# compaction in the writer: up to a third of the engine's CPU time in the lab. 32 KiB
-# writes (order-3 folios) cost the least CPU there (docs/bench-evacuate.md).
+CHUNK = 1024 * 1024   # read size where a whole buffer is read at once (files, probes)
+# Bodies are received and hashed a PIECE at a time, into a ring of RING_PIECES slots per
+# fetch thread (up to 2 MiB received ahead of its hashes; 256 KiB pieces did better than
+# 128 KiB or 1 MiB, docs/bench-evacuate.md).
+PIECE = 256 * 1024
+RING_PIECES = 8
+# ... and written in smaller pieces: Linux (6.x) allocates page-cache folios as large as
+# each write (a 1 MiB write asks for 1 MiB of contiguous memory), and where memory is
+# fragmented (a busy host) that means direct compaction in the writer: up to a third of
+# the engine's CPU time in the lab. 32 KiB writes (order-3 folios) cost the least CPU
+# there (docs/bench-evacuate.md).
 WRITE_CHUNK = 32 * 1024
 COPIED, SKIPPED, TRANSIENT, NOT_ATTEMPTED = "copied", "skipped", "transient", "not_attempted"
 _HEAD_BATCH = 64
@@ -180,7 +190,7 @@ class _Item:
     """A copy past steps 1-3 (verified bytes in ``tmp``, or already at ``final``)
     on its way through steps 4-5. ``fd`` is open for the sync pool."""
     __slots__ = ("i", "path_owner", "object_id", "size", "final", "tmp", "fd", "nbytes",
-                 "source", "error", "finished")
+                 "source", "error", "finished", "digest", "failures", "rest")
 
     def __init__(self, i, path_owner, object_id, size, final, tmp, fd, nbytes=0, source=None):
         self.i = i
@@ -194,6 +204,11 @@ class _Item:
         self.source = source
         self.error = None               # an Outcome once something failed
         self.finished = False
+        # fetched bytes whose MD5 is still being computed: (hash, last ticket, expected);
+        # the committer checks it before the rename, falling back along ``rest``
+        self.digest = None
+        self.failures = []              # (source, status, reason, detail) before this one
+        self.rest = ()                  # the sources after this one
 
 
 class Copier:
@@ -202,7 +217,8 @@ class Copier:
     def __init__(self, root, sources, tmp_dir=None, concurrency=8, max_bytes_per_sec=None,
                  source_bytes_per_sec=None, timeout=30.0, retries=2, verify_url=None,
                  deadline=None, pause_window=50, pause_error_ratio=0.5, pause_consecutive=20,
-                 check_mode=False, retry_delay=0.5, durability="file", pipeline_depth=None):
+                 check_mode=False, retry_delay=0.5, durability="file", pipeline_depth=None,
+                 md5="auto"):
         if durability not in ("auto", "file", "batch"):
             raise CopyError(f"durability must be auto, file or batch, got {durability!r}")
         if durability == "auto":
@@ -210,6 +226,9 @@ class Copier:
         if durability == "batch" and not syncfs_available():
             raise CopyError("durability=batch needs Linux syncfs(2); use durability=file")
         self.durability = durability
+        if md5 not in ("auto", "hashlib"):
+            raise CopyError(f"md5 must be auto or hashlib, got {md5!r}")
+        self.md5 = md5
         self.root = os.path.abspath(root)
         self.sources = dict(sources or {})
         self.tmp_dir = tmp_dir or os.path.join(self.root, "manta_evacuate", "tmp")
@@ -245,6 +264,7 @@ class Copier:
         self._conns = []
         self._seq = itertools.count()
         self._known_dirs = set()
+        self.hasher = evacuate_hash.PlainHasher()  # run() picks the engine
 
     # ---- HTTP -------------------------------------------------------------------------
     def _conn(self, base):
@@ -302,6 +322,8 @@ class Copier:
             if isinstance(res, _Item):
                 with self.lock:
                     self.source_fail[sid] = 0
+                res.failures = failures
+                res.rest = tuple(srcs[srcs.index(sid) + 1:])
                 return res
             failures.append((sid, res.status, res.reason, res.detail))
             if res.reason == "destination_io_error":
@@ -323,13 +345,15 @@ class Copier:
                 return Outcome(SKIPPED, r, detail)
         return Outcome(SKIPPED, "source_not_found", detail)
 
-    def _buffer(self):
-        mv = getattr(self.local, "buf", None)
-        if mv is None:
-            mv = self.local.buf = memoryview(bytearray(CHUNK))
-        return mv
+    def _ring(self):
+        ring = getattr(self.local, "ring", None)
+        if ring is None:
+            ring = self.local.ring = evacuate_hash.PieceRing(RING_PIECES, PIECE)
+        return ring
 
-    def _fetch(self, i, sid, path_owner, object_id, size, md5, final):
+    def _fetch(self, i, sid, path_owner, object_id, size, md5, final, verify_now=False):
+        """GET one copy into a temp file. Returns an Outcome, or an _Item whose MD5 is
+        still being computed (``verify_now``: an _Item already verified)."""
         base = self._source_base(sid)
         path = "/" + quote(path_owner) + "/" + quote(object_id)
         src_lim = self.source_limiters.get(sid)
@@ -370,14 +394,19 @@ class Copier:
                 c.close()
                 return Outcome(TRANSIENT, "destination_io_error", f"open {tmp}: {exc}")
             keep = False
+            hz = self.hasher
+            h = hz.new()
+            ticket = None
             try:
-                h = hashlib.md5()
                 n = 0
-                mv = self._buffer()
+                ring = self._ring()
                 broken = None
+                # Each piece is handed to the hasher and written; the thread goes on
+                # receiving into the next slot (and the next object) while it is hashed.
                 while True:
+                    slot, piece = ring.take(hz)
                     try:
-                        k = c.readinto(resp, mv)
+                        k = c.readinto(resp, piece)
                     except (OSError, HTTPClientError) as exc:
                         broken = exc
                         break
@@ -390,8 +419,9 @@ class Copier:
                     n += k
                     if n > size:
                         break
-                    chunk = mv[:k]
-                    h.update(chunk)
+                    chunk = piece[:k]
+                    ticket = hz.submit(h, chunk)
+                    ring.hold(slot, ticket)
                     off = 0
                     while off < k:
                         off += os.write(fd, chunk[off:off + wsize])
@@ -406,14 +436,18 @@ class Copier:
                     c.close()
                     return Outcome(SKIPPED, "size_mismatch",
                                    f"{sid} sent {'more than ' if n > size else ''}{n} bytes, expected {size}")
-                got = base64.b64encode(h.digest()).decode()
-                if got != md5:
-                    return Outcome(SKIPPED, "md5_mismatch", f"{sid} sent MD5 {got}, expected {md5}")
+                if verify_now:
+                    bad = self._check_md5(sid, (h, ticket, md5))
+                    if bad is not None:
+                        return bad
                 if self.durability == "batch":
                     os.close(fd)
                     fd = None
                 keep = True
-                return _Item(i, path_owner, object_id, size, final, tmp, fd, n, sid)
+                it = _Item(i, path_owner, object_id, size, final, tmp, fd, n, sid)
+                if not verify_now:
+                    it.digest = (h, ticket, md5)
+                return it
             except OSError as exc:
                 c.close()
                 return Outcome(TRANSIENT, "destination_io_error", f"writing {tmp}: {exc}")
@@ -473,15 +507,73 @@ class Copier:
                         self._finish_item(it, Outcome(TRANSIENT, "destination_io_error",
                                                       f"{type(exc).__name__}: {exc}"[:300]))
 
+    def _check_md5(self, sid, digest):
+        """None when the bytes from ``sid`` hashed to the expected MD5, else an Outcome."""
+        h, ticket, want = digest
+        try:
+            if ticket is not None:
+                self.hasher.wait(ticket)
+            got = base64.b64encode(h.digest()).decode()
+        except Exception as exc:  # noqa: BLE001 - the hashing library failed: try again later
+            return Outcome(TRANSIENT, "destination_io_error", f"MD5: {exc!r}"[:300])
+        if got != want:
+            return Outcome(SKIPPED, "md5_mismatch", f"{sid} sent MD5 {got}, expected {want}")
+        return None
+
+    def _verify(self, it):
+        """Step 3's check, for bytes fetched without waiting for their MD5: True when
+        ``it`` holds verified bytes (from its source or, after a mismatch, from one of the
+        sources after it, fetched again here), False when it was finished."""
+        bad = self._check_md5(it.source, it.digest)
+        it.digest = None
+        if bad is None:
+            return True
+        failures = list(it.failures) + [(it.source, bad.status, bad.reason, bad.detail)]
+        try:
+            os.unlink(it.tmp)
+        except OSError:
+            pass
+        it.tmp = None
+        if it.fd is not None:
+            os.close(it.fd)
+            it.fd = None
+        if bad.reason == "md5_mismatch":
+            for sid in it.rest:  # rare (corrupt bytes): fetched and verified in this thread
+                if self.source_down.get(sid, 0) > time.monotonic():
+                    failures.append((sid, TRANSIENT, "source_unreachable", "marked down after errors"))
+                    continue
+                res = self._fetch(it.i, sid, it.path_owner, it.object_id, it.size,
+                                  self._tasks[it.i][4], it.final, verify_now=True)
+                if isinstance(res, _Item):
+                    try:
+                        if res.fd is not None:
+                            os.fsync(res.fd)
+                    except OSError as exc:
+                        failures.append((sid, TRANSIENT, "destination_io_error",
+                                         f"fsync {res.tmp}: {exc}"))
+                        os.unlink(res.tmp)
+                        break
+                    finally:
+                        if res.fd is not None:
+                            os.close(res.fd)
+                    it.tmp, it.nbytes, it.source = res.tmp, res.nbytes, res.source
+                    return True
+                failures.append((sid, res.status, res.reason, res.detail))
+                if res.reason == "destination_io_error":
+                    break
+        self._finish_item(it, self._aggregate(failures))
+        return False
+
     def _commit(self, batch):
-        """Group commit of a batch: (syncfs,) renames, one fsync per directory (or
-        syncfs), then the HEAD checks; each copy is finished with its outcome."""
+        """Group commit of a batch: the MD5 checks, (syncfs,) renames, one fsync per
+        directory (or syncfs), then the HEAD checks; each copy is finished with its
+        outcome."""
         self.commit_batches += 1
         ok = []
         for it in batch:
             if it.error is not None:
                 self._finish_item(it, it.error)
-            else:
+            elif it.digest is None or self._verify(it):
                 ok.append(it)
         if self.durability == "batch" and any(it.tmp for it in ok):
             # the data of every temp file first (present files: the syncfs below)
@@ -659,6 +751,8 @@ class Copier:
             self._clean_tmp()
         self._tasks = tasks
         self._results = [None] * len(tasks)
+        self.hasher = evacuate_hash.hasher() if self.md5 == "auto" and not self.check_mode \
+            else evacuate_hash.PlainHasher()
         self._on_result = on_result
         self._slots = threading.BoundedSemaphore(self.pipeline_depth)
         self._sync_q = queue.SimpleQueue()
@@ -694,6 +788,7 @@ class Copier:
                 conns, self._conns = self._conns, []
             for c in conns:
                 c.close()
+            self.hasher.close()
         self.seconds = time.monotonic() - t0
         return list(zip(tasks, self._results))
 
@@ -717,7 +812,7 @@ class Copier:
                 "seconds": round(self.seconds, 3), "concurrency": self.concurrency,
                 "dir_syncs": self.dir_syncs, "fs_syncs": self.fs_syncs,
                 "commit_batches": self.commit_batches,
-                "durability": self.durability,
+                "durability": self.durability, "md5": self.hasher.stats(),
                 "paused": self.paused, "stopped": self.stopped}
 
 

@@ -157,6 +157,15 @@ objects_per_second:
   description: Copies per second.
   returned: always
   type: float
+md5_engine:
+  description:
+    - How the MD5 of the fetched bytes was computed.
+    - V(md5_lanes/avx512) or V(md5_lanes/avx2) hash the chunks of concurrent transfers
+      together in SIMD lanes (the library is compiled on the host on first use);
+      V(hashlib) where no C compiler or no AVX2 is available.
+  returned: always
+  type: str
+  sample: md5_lanes/avx512
 results_file:
   description: Path of the results file.
   returned: always
@@ -245,7 +254,8 @@ def main():
                transient_by_reason=dict(transient), not_attempted=na, paused=copier.paused,
                stopped=copier.stopped, seconds=round(secs, 3),
                objects_per_second=round(len(pairs) / secs, 1) if secs > 0 else None,
-               results_file=results_path, dest=a.get("dest"), round=a.get("round"))
+               results_file=results_path, dest=a.get("dest"), round=a.get("round"),
+               md5_engine=stats["md5"]["engine"])
     if module.check_mode:
         out["would_fetch"] = would_fetch
         module.exit_json(**out)
