@@ -210,6 +210,21 @@ class _Item:
         self.failures = []              # (source, status, reason, detail) before this one
         self.rest = ()                  # the sources after this one
 
+    def discard(self):
+        """Close the temp file and remove it (nothing was renamed into place)."""
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
+
 
 class Copier:
     """Copy a list of tasks into ``root``. Thread-safe internals; ``run`` blocks."""
@@ -529,14 +544,7 @@ class Copier:
         if bad is None:
             return True
         failures = list(it.failures) + [(it.source, bad.status, bad.reason, bad.detail)]
-        try:
-            os.unlink(it.tmp)
-        except OSError:
-            pass
-        it.tmp = None
-        if it.fd is not None:
-            os.close(it.fd)
-            it.fd = None
+        it.discard()
         if bad.reason == "md5_mismatch":
             for sid in it.rest:  # rare (corrupt bytes): fetched and verified in this thread
                 if self.source_down.get(sid, 0) > time.monotonic():
@@ -546,16 +554,15 @@ class Copier:
                                   self._tasks[it.i][4], it.final, verify_now=True)
                 if isinstance(res, _Item):
                     try:
-                        if res.fd is not None:
+                        if res.fd is not None:  # durability=file (batch: the syncfs to come)
                             os.fsync(res.fd)
+                            os.close(res.fd)
+                            res.fd = None
                     except OSError as exc:
                         failures.append((sid, TRANSIENT, "destination_io_error",
                                          f"fsync {res.tmp}: {exc}"))
-                        os.unlink(res.tmp)
+                        res.discard()
                         break
-                    finally:
-                        if res.fd is not None:
-                            os.close(res.fd)
                     it.tmp, it.nbytes, it.source = res.tmp, res.nbytes, res.source
                     return True
                 failures.append((sid, res.status, res.reason, res.detail))
@@ -701,18 +708,7 @@ class Copier:
         if it.finished:
             return
         it.finished = True
-        if it.fd is not None:
-            try:
-                os.close(it.fd)
-            except OSError:
-                pass
-            it.fd = None
-        if it.tmp is not None:
-            try:
-                os.unlink(it.tmp)
-            except OSError:
-                pass
-            it.tmp = None
+        it.discard()
         try:
             self._finish(it.i, out)
         finally:

@@ -22,6 +22,11 @@ def md5(b):
     return base64.b64encode(hashlib.md5(b).digest()).decode()
 
 
+def flipped(b):
+    """``b`` with its first byte changed (a constant first byte would equal it 1 time in 256)."""
+    return bytes([b[0] ^ 0xFF]) + b[1:]
+
+
 @pytest.fixture(scope="module")
 def nodes(lab):
     st = lab.status
@@ -82,9 +87,9 @@ def test_copy_between_real_storage_nodes(lab, nodes, owner):
     for oid, b in datas.items():
         put(n1, owner, oid, b)
         put(n3, owner, oid, b)
-    put(n1, owner, "c0", b"X" + datas["c0"][1:])            # corrupt on n1, good on n3
-    put(n1, owner, "c1", b"X" + datas["c1"][1:])            # corrupt everywhere
-    put(n3, owner, "c1", b"X" + datas["c1"][1:])
+    put(n1, owner, "c0", flipped(datas["c0"]))            # corrupt on n1, good on n3
+    put(n1, owner, "c1", flipped(datas["c1"]))            # corrupt everywhere
+    put(n3, owner, "c1", flipped(datas["c1"]))
     os.unlink(os.path.join(n1["root"], owner, "c2"))          # missing everywhere
     os.unlink(os.path.join(n3["root"], owner, "c2"))
     put(n1, owner, "c3", datas["c3"] + b"tail")               # larger than its metadata

@@ -18,6 +18,11 @@ def md5(b):
     return base64.b64encode(hashlib.md5(b).digest()).decode()
 
 
+def flipped(b):
+    """``b`` with its first byte changed (a constant first byte would equal it 1 time in 256)."""
+    return bytes([b[0] ^ 0xFF]) + b[1:]
+
+
 class Server:
     """A tiny mako: GET/HEAD of files under ``root``; counts requests."""
 
@@ -99,12 +104,12 @@ def test_copy_verify_fallback_and_idempotence(nodes):
         put(src.root, "own", oid, data)
         put(evac.root, "own", oid, data)
     # o0: bad bytes on the first source, good on the evacuated node -> falls back
-    put(src.root, "own", "o0", b"X" + good["o0"][1:])
+    put(src.root, "own", "o0", flipped(good["o0"]))
     # o1: missing on the first source -> falls back
     os.unlink(os.path.join(src.root, "own", "o1"))
     # o2: bad everywhere -> md5_mismatch; o3: missing everywhere -> source_not_found
-    put(src.root, "own", "o2", b"X" + good["o2"][1:])
-    put(evac.root, "own", "o2", b"X" + good["o2"][1:])
+    put(src.root, "own", "o2", flipped(good["o2"]))
+    put(evac.root, "own", "o2", flipped(good["o2"]))
     os.unlink(os.path.join(src.root, "own", "o3"))
     os.unlink(os.path.join(evac.root, "own", "o3"))
     # a snaplinked copy lives under its creator
