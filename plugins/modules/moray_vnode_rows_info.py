@@ -156,7 +156,7 @@ EXAMPLES = r"""
   manta.ops.moray_vnode_rows_info:
     shard: 2.moray.us-east.joyent.us
     dsn: "host={{ primary_ip }} port=5432 dbname=moray user=moray"
-    ring: /var/tmp/reshard/ring/hash_ring
+    ring: "{{ reshard_workdir }}/ring/hash_ring"
     plan:
       target: half
   register: split
@@ -168,7 +168,7 @@ EXAMPLES = r"""
 - name: Check an operator's own choice of vnodes (RFD 103 style, hot vnodes)
   manta.ops.moray_vnode_rows_info:
     shard: 2.moray.us-east.joyent.us
-    ring: /var/tmp/reshard/ring/hash_ring
+    ring: "{{ reshard_workdir }}/ring/hash_ring"
     bytes: none
     plan:
       vnodes: [0, 106, 943, 689]
