@@ -95,19 +95,27 @@ class FakeEm:
         self.srv.shutdown()
 
 
-@pytest.fixture
-def em(tmp_path):
+def em_with_rings(d, final=True):
+    """A started FakeEm in ``d`` on the old ring, with the transitional ring (vnodes 0
+    and 2 read-only) staged, and the final one (moved to shard 3) when ``final``."""
     topo = Topology.create(["tcp://1.moray.x:2020", "tcp://2.moray.x:2020"], 64)
-    e = FakeEm(tmp_path)
+    e = FakeEm(d)
     rring.build_ring_dir(topo, str(e.ring), "img-old", "p", "old")
     t = topo.copy()
     t.set_data([0, 2], "ro")
     rring.build_ring_dir(t, rring.staged_dir(str(e.ring), "img-t"), "img-t", "p", "transitional")
-    f = topo.copy()
-    f.remap([0, 2], "tcp://3.moray.x:2020")
-    rring.build_ring_dir(f, rring.staged_dir(str(e.ring), "img-f"), "img-f", "p", "final")
+    if final:
+        f = topo.copy()
+        f.remap([0, 2], "tcp://3.moray.x:2020")
+        rring.build_ring_dir(f, rring.staged_dir(str(e.ring), "img-f"), "img-f", "p", "final")
     time.sleep(0.1)
     e.started()
+    return e
+
+
+@pytest.fixture
+def em(tmp_path):
+    e = em_with_rings(tmp_path)
     yield e
     e.close()
 
@@ -184,16 +192,9 @@ def test_serving_ts_is_the_process_own(em):
 
 @pytest.fixture
 def em2(tmp_path):
-    topo = Topology.create(["tcp://1.moray.x:2020", "tcp://2.moray.x:2020"], 64)
     d = tmp_path / "em2"
     d.mkdir()
-    e = FakeEm(d)
-    rring.build_ring_dir(topo, str(e.ring), "img-old", "p", "old")
-    t = topo.copy()
-    t.set_data([0, 2], "ro")
-    rring.build_ring_dir(t, rring.staged_dir(str(e.ring), "img-t"), "img-t", "p", "transitional")
-    time.sleep(0.1)
-    e.started()
+    e = em_with_rings(d, final=False)
     yield e
     e.close()
 
