@@ -83,6 +83,7 @@ RING_PIECES = 8
 # the engine's CPU time in the lab. 32 KiB writes (order-3 folios) cost the least CPU
 # there (docs/bench-evacuate.md).
 WRITE_CHUNK = 32 * 1024
+_NO_BUFFER = memoryview(bytearray(0))
 COPIED, SKIPPED, TRANSIENT, NOT_ATTEMPTED = "copied", "skipped", "transient", "not_attempted"
 _HEAD_BATCH = 64
 
@@ -329,21 +330,28 @@ class Copier:
             return Outcome(COPIED, "would_fetch", None, size, False)
         # 2. fetch, falling back along the sources
         failures = []
-        for sid in srcs:
+        return self._fetch_along(i, task, final, srcs, failures) or self._aggregate(failures)
+
+    def _fetch_along(self, i, task, final, sources, failures, verify_now=False):
+        """Fetch copy ``i`` from the first of ``sources`` that sends it: its _Item, or the
+        Outcome of a destination failure (no use trying another source), or None when
+        every source failed. Each failure is appended to ``failures``."""
+        dummy, path_owner, object_id, size, md5 = task[:5]
+        for k, sid in enumerate(sources):
             if self.source_down.get(sid, 0) > time.monotonic():
                 failures.append((sid, TRANSIENT, "source_unreachable", "marked down after errors"))
                 continue
-            res = self._fetch(i, sid, path_owner, object_id, size, md5, final)
+            res = self._fetch(i, sid, path_owner, object_id, size, md5, final, verify_now)
             if isinstance(res, _Item):
                 with self.lock:
                     self.source_fail[sid] = 0
                 res.failures = failures
-                res.rest = tuple(srcs[srcs.index(sid) + 1:])
+                res.rest = tuple(sources[k + 1:])
                 return res
             failures.append((sid, res.status, res.reason, res.detail))
             if res.reason == "destination_io_error":
                 return res
-        return self._aggregate(failures)
+        return None
 
     @staticmethod
     def _aggregate(failures):
@@ -419,7 +427,9 @@ class Copier:
                 # Each piece is handed to the hasher and written; the thread goes on
                 # receiving into the next slot (and the next object) while it is hashed.
                 while True:
-                    slot, piece = ring.take(hz)
+                    # a body already complete takes no slot (taking one can mean waiting
+                    # for its old chunk's hash); readinto still closes a closing connection
+                    slot, piece = ring.take(hz) if not resp.done else (None, _NO_BUFFER)
                     try:
                         k = c.readinto(resp, piece)
                     except (OSError, HTTPClientError) as exc:
@@ -545,30 +555,24 @@ class Copier:
             return True
         failures = list(it.failures) + [(it.source, bad.status, bad.reason, bad.detail)]
         it.discard()
-        if bad.reason == "md5_mismatch":
-            for sid in it.rest:  # rare (corrupt bytes): fetched and verified in this thread
-                if self.source_down.get(sid, 0) > time.monotonic():
-                    failures.append((sid, TRANSIENT, "source_unreachable", "marked down after errors"))
-                    continue
-                res = self._fetch(it.i, sid, it.path_owner, it.object_id, it.size,
-                                  self._tasks[it.i][4], it.final, verify_now=True)
-                if isinstance(res, _Item):
-                    try:
-                        if res.fd is not None:  # durability=file (batch: the syncfs to come)
-                            os.fsync(res.fd)
-                            os.close(res.fd)
-                            res.fd = None
-                    except OSError as exc:
-                        failures.append((sid, TRANSIENT, "destination_io_error",
-                                         f"fsync {res.tmp}: {exc}"))
-                        res.discard()
-                        break
-                    it.tmp, it.nbytes, it.source = res.tmp, res.nbytes, res.source
-                    return True
-                failures.append((sid, res.status, res.reason, res.detail))
-                if res.reason == "destination_io_error":
-                    break
-        self._finish_item(it, self._aggregate(failures))
+        res = None
+        if bad.reason == "md5_mismatch":  # rare (corrupt bytes): fetched and verified here
+            res = self._fetch_along(it.i, self._tasks[it.i], it.final, it.rest, failures,
+                                    verify_now=True)
+        if isinstance(res, _Item):
+            try:
+                if res.fd is not None:  # durability=file (batch: the syncfs to come)
+                    os.fsync(res.fd)
+                    os.close(res.fd)
+                    res.fd = None
+            except OSError as exc:
+                why = f"fsync {res.tmp}: {exc}"
+                res.discard()
+                res = Outcome(TRANSIENT, "destination_io_error", why)
+            else:
+                it.tmp, it.nbytes, it.source = res.tmp, res.nbytes, res.source
+                return True
+        self._finish_item(it, res or self._aggregate(failures))
         return False
 
     def _commit(self, batch):
